@@ -1,0 +1,39 @@
+"""robustkernels: fused noise-robust classification losses with the logit bias.
+
+Quick start::
+
+    import robustkernels as rk
+    loss = rk.robust_loss(logits, target, "mae", epsilon="auto")   # eps from K (Eq. 4)
+    criterion = rk.GCELoss(q=0.48, epsilon="auto")
+
+Losses, parameters and defaults: :data:`LOSSES`. Backends: ``"torch"`` (pure PyTorch,
+:mod:`robustkernels.reference`), ``"triton"`` and ``"native"`` (compiled C++/CUDA), chosen by
+``backend="auto"``.
+"""
+
+from . import functional, reference
+from ._labels import check_labels, get_label_validation, set_label_validation
+from .api import robust_loss
+from .backends import available_backends
+from .calibration import epsilon_for_classes
+from .modules import *  # noqa: F403  (RobustLoss and one class per loss)
+from .modules import __all__ as _module_names
+from .specs import LOSSES, LossSpec, Param, get_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOSSES",
+    "LossSpec",
+    "Param",
+    "available_backends",
+    "check_labels",
+    "epsilon_for_classes",
+    "functional",
+    "get_label_validation",
+    "get_spec",
+    "reference",
+    "robust_loss",
+    "set_label_validation",
+    *_module_names,
+]

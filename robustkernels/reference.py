@@ -1,0 +1,276 @@
+"""Pure-PyTorch reference of every loss in :data:`robustkernels.LOSSES` (the ``"torch"`` backend).
+
+This module is the oracle every kernel is tested against, so it favours clarity and accuracy
+over speed. Everything is computed in float32 (float64 for float64 input) from ``log_softmax``;
+terms such as ``1 - p_y`` and ``1 - p_y^q`` are formed with ``expm1`` from ``log p_y`` so that
+they do not cancel when ``p_y -> 1``, and no probability is clamped (a clamp silently zeroes the
+gradient). Gradients come from autograd, except for ``bitemp`` whose normalisation is an
+iterative solve: there the implicit-function gradient of Amid et al. is used, as autograd
+through the bisection would be wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .specs import LossSpec
+
+__all__ = ["loss_rows", "biased_logits", "tempered_softmax", "log_t", "exp_t", "compute_dtype"]
+
+# Bisection steps for the t2 < 1 normalisation. The bracket [0, -log_t(1/d)] is at most a few
+# units wide, so 64 halvings reach the float64 resolution: the solve is converged for every
+# dtype, with a fixed count (no data-dependent loop, no host sync).
+BISECTION_STEPS = 64
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the math runs in: float64 for float64 input, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def biased_logits(logits: Tensor, target: Tensor, epsilon: float | Tensor) -> Tensor:
+    """``z + eps * e_y``: add the logit bias to the labelled class of every row.
+
+    ``epsilon`` is a float or a ``[N]`` tensor (per-sample bias; differentiable).
+    """
+    n = logits.shape[0]
+    if isinstance(epsilon, Tensor):
+        eps = epsilon.to(logits.dtype).reshape(n, 1)
+    else:
+        if epsilon == 0.0:
+            return logits
+        eps = logits.new_full((n, 1), float(epsilon))
+    return logits.scatter_add(1, target.unsqueeze(1), eps)
+
+
+def _one_minus(log_x: Tensor) -> Tensor:
+    """``1 - x`` from ``log x`` without cancellation as ``x -> 1``."""
+    return -torch.expm1(log_x)
+
+
+def _pow_safe(base: Tensor, exponent: float) -> Tensor:
+    """``base ** exponent`` for ``base >= 0`` whose gradient is 0 (not NaN) where ``base == 0``.
+
+    Used for the focal weight ``(1 - p)^gamma``: at ``p = 1`` the exact derivative of the focal
+    loss is 0, but ``pow``'s backward would give ``inf * 0``.
+    """
+    positive = base > 0
+    safe = torch.where(positive, base, torch.ones_like(base))
+    zero_value = 1.0 if exponent == 0 else 0.0
+    return torch.where(positive, safe.pow(exponent), torch.full_like(base, zero_value))
+
+
+# ---- per-loss math on (log p, log p_y) -------------------------------------------------------
+# Each function receives log p [N, K], log p_y [N] and the parameters by name, and returns the
+# per-row loss. The combinations reuse the single terms so that each formula is written once.
+
+
+def _ce(logp: Tensor, lpy: Tensor) -> Tensor:
+    return -lpy
+
+
+def _mae_term(lpy: Tensor) -> Tensor:
+    return _one_minus(lpy)
+
+
+def _gce(lpy: Tensor, q: float) -> Tensor:
+    return -torch.expm1(q * lpy) / q
+
+
+def _agce(lpy: Tensor, a: float, q: float) -> Tensor:
+    # (a+1)^q - (a+p)^q = -(a+1)^q * expm1(q * log1p(-(1-p)/(a+1))): no cancellation near p = 1.
+    return -((a + 1.0) ** q) * torch.expm1(q * torch.log1p(-_one_minus(lpy) / (a + 1.0))) / q
+
+
+def _aul(lpy: Tensor, a: float, q: float) -> Tensor:
+    # (a-p)^q - (a-1)^q = (a-1)^q * expm1(q * log1p((1-p)/(a-1))).
+    return ((a - 1.0) ** q) * torch.expm1(q * torch.log1p(_one_minus(lpy) / (a - 1.0))) / q
+
+
+def _ael(lpy: Tensor, a: float) -> Tensor:
+    return torch.exp(-torch.exp(lpy) / a)
+
+
+def _nce(logp: Tensor, lpy: Tensor) -> Tensor:
+    # A -inf logit makes the normaliser -inf and the loss exactly 0 (its limit), gradient 0.
+    return lpy / logp.sum(dim=1)
+
+
+def _focal_terms(logp: Tensor, gamma: float) -> Tensor:
+    return -_pow_safe(_one_minus(logp), gamma) * logp
+
+
+def _focal(lpy: Tensor, gamma: float) -> Tensor:
+    return -_pow_safe(_one_minus(lpy), gamma) * lpy
+
+
+def _nfl(logp: Tensor, lpy: Tensor, gamma: float) -> Tensor:
+    # A class with p_k = 0 has focal_k = +inf: the loss tends to 0 with zero gradient. Those
+    # entries are replaced before differentiating so that 0 * inf never enters the backward.
+    # (NaN rows stay NaN.)
+    zero_p = logp == -torch.inf
+    logp_safe = torch.where(zero_p, torch.zeros_like(logp), logp)
+    denominator = _focal_terms(logp_safe, gamma).sum(dim=1)
+    numerator = _focal(lpy, gamma)
+    return torch.where(zero_p.any(dim=1), torch.zeros_like(numerator), numerator / denominator)
+
+
+def _rce(lpy: Tensor, A: float) -> Tensor:
+    return -A * _one_minus(lpy)
+
+
+_ROW_LOSSES: dict[str, Callable[..., Tensor]] = {
+    "ce": lambda lp, y: _ce(lp, y),
+    "mae": lambda lp, y, scale: scale * _mae_term(y),
+    "gce": lambda lp, y, q: _gce(y, q),
+    "agce": lambda lp, y, a, q: _agce(y, a, q),
+    "aul": lambda lp, y, a, q: _aul(y, a, q),
+    "ael": lambda lp, y, a: _ael(y, a),
+    "nce": lambda lp, y: _nce(lp, y),
+    "focal": lambda lp, y, gamma: _focal(y, gamma),
+    "nfl": lambda lp, y, gamma: _nfl(lp, y, gamma),
+    "rce": lambda lp, y, A: _rce(y, A),
+    "sce": lambda lp, y, alpha, beta, A: alpha * _ce(lp, y) + beta * _rce(y, A),
+    "nce_mae": lambda lp, y, alpha, beta: alpha * _nce(lp, y) + beta * _mae_term(y),
+    "nf_mae": lambda lp, y, alpha, beta, gamma: alpha * _nfl(lp, y, gamma) + beta * _mae_term(y),
+    "nce_rce": lambda lp, y, alpha, beta, A: alpha * _nce(lp, y) + beta * _rce(y, A),
+    "nce_agce": lambda lp, y, alpha, beta, a, q: alpha * _nce(lp, y) + beta * _agce(y, a, q),
+}
+
+
+# ---- bi-tempered logistic loss ----------------------------------------------------------------
+
+
+def log_t(u: Tensor, t: float) -> Tensor:
+    """Tempered logarithm ``(u^(1-t) - 1) / (1 - t)`` (``log`` at ``t = 1``)."""
+    if t == 1.0:
+        return torch.log(u)
+    return torch.expm1((1.0 - t) * torch.log(u)) / (1.0 - t)
+
+
+def _log_exp_t(u: Tensor, t: float) -> Tensor:
+    """``log exp_t(u)``; ``-inf`` outside the support (t < 1)."""
+    if t == 1.0:
+        return u
+    base = torch.clamp_min(1.0 + (1.0 - t) * u, 0.0)
+    return torch.log(base) / (1.0 - t)
+
+
+def exp_t(u: Tensor, t: float) -> Tensor:
+    """Tempered exponential ``[1 + (1 - t) u]_+^(1 / (1 - t))`` (``exp`` at ``t = 1``)."""
+    return torch.exp(_log_exp_t(u, t))
+
+
+def _normalization(a: Tensor, t: float, num_iters: int) -> Tensor:
+    """``lambda_t(a)`` with ``sum_k exp_t(a_k - lambda) = 1``, as Google's implementation.
+
+    t > 1: ``num_iters`` fixed-point steps; t < 1: bisection to convergence; t = 1: logsumexp.
+    """
+    if t == 1.0:
+        return torch.logsumexp(a, dim=1, keepdim=True)
+    mu = a.amax(dim=1, keepdim=True)
+    a0 = a - mu
+    if t > 1.0:
+        a_hat = a0
+        for _ in range(num_iters):
+            partition = exp_t(a_hat, t).sum(dim=1, keepdim=True)
+            a_hat = a0 * partition.pow(1.0 - t)
+        partition = exp_t(a_hat, t).sum(dim=1, keepdim=True)
+        return -log_t(1.0 / partition, t) + mu
+    effective_dim = (a0 > -1.0 / (1.0 - t)).sum(dim=1, keepdim=True).to(a.dtype)
+    lower = torch.zeros_like(mu)
+    upper = -log_t(1.0 / effective_dim, t)
+    for _ in range(BISECTION_STEPS):
+        mid = 0.5 * (lower + upper)
+        below = exp_t(a0 - mid, t).sum(dim=1, keepdim=True) < 1.0
+        upper = torch.where(below, mid, upper)
+        lower = torch.where(below, lower, mid)
+    return 0.5 * (lower + upper) + mu
+
+
+def _tempered_log_softmax(a: Tensor, t: float, num_iters: int) -> Tensor:
+    return _log_exp_t(a - _normalization(a, t, num_iters), t)
+
+
+def tempered_softmax(logits: Tensor, t: float, num_iters: int = 5) -> Tensor:
+    """Tempered softmax ``exp_t(z - lambda_t(z))`` of Amid et al. over the last dimension."""
+    shape = logits.shape
+    a = logits.reshape(-1, shape[-1]).to(compute_dtype(logits.dtype))
+    return torch.exp(_tempered_log_softmax(a, t, num_iters)).reshape(shape)
+
+
+class _BiTemperedRows(torch.autograd.Function):
+    """Bi-tempered loss rows with the implicit-function gradient.
+
+    With ``L = -log_t1(p_y) - (1 - sum_k p_k^(2-t1)) / (2-t1)`` and ``dp_k/da_j =
+    p_k^t2 (delta_kj - s_j)``, ``s = p^t2 / sum p^t2`` (implicit function theorem on the
+    normalisation), ``dL/da_j = (p_j - delta_jy) f_j - s_j sum_k (p_k - delta_ky) f_k`` with the
+    forget factor ``f = p^(t2 - t1)``. Where ``p_k = 0`` (outside the support for t2 < 1) ``p_k``
+    is locally constant, so ``f_k = 0``: this also removes the ``0 * inf`` of ``0^(t2-t1)``.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, target: Tensor, t1: float, t2: float, num_iters: int) -> Tensor:
+        logp = _tempered_log_softmax(a, t2, num_iters)
+        lpy = logp.gather(1, target.unsqueeze(1)).squeeze(1)
+        minus_log_t1_py = -lpy if t1 == 1.0 else -torch.expm1((1.0 - t1) * lpy) / (1.0 - t1)
+        sum_pow = torch.exp((2.0 - t1) * logp).sum(dim=1)
+        ctx.save_for_backward(logp, target)
+        ctx.temperatures = (t1, t2)
+        return minus_log_t1_py - (1.0 - sum_pow) / (2.0 - t1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_rows: Tensor):
+        logp, target = ctx.saved_tensors
+        t1, t2 = ctx.temperatures
+        positive = torch.isfinite(logp)
+        logp0 = torch.where(positive, logp, torch.zeros_like(logp))
+        forget = torch.where(positive, torch.exp((t2 - t1) * logp0), torch.zeros_like(logp))
+        # p - e_y with the label entry formed as expm1(log p_y) (no cancellation at p_y -> 1).
+        p_minus_y = torch.exp(logp)
+        label = target.unsqueeze(1)
+        p_minus_y = p_minus_y.scatter(1, label, torch.expm1(logp.gather(1, label)))
+        weighted = p_minus_y * forget
+        escort = torch.softmax(t2 * logp, dim=1)
+        grad = weighted - escort * weighted.sum(dim=1, keepdim=True)
+        return grad * grad_rows.unsqueeze(1), None, None, None, None
+
+
+def _bitemp(a: Tensor, target: Tensor, t1: float, t2: float, num_iters: int) -> Tensor:
+    return _BiTemperedRows.apply(a, target, t1, t2, int(num_iters))
+
+
+# ---- entry point --------------------------------------------------------------------------------
+
+
+def loss_rows(
+    logits: Tensor,
+    target: Tensor,
+    spec: LossSpec,
+    params: tuple[float, ...],
+    epsilon: float | Tensor = 0.0,
+) -> Tensor:
+    """Per-row loss ``L(softmax(z + eps e_y), y)`` for already validated inputs.
+
+    Args:
+        logits: ``[N, K]`` floating tensor.
+        target: ``[N]`` int64 labels, all in ``[0, K)`` (ignored rows already replaced).
+        spec: the loss.
+        params: hyper-parameters in spec order (see :meth:`LossSpec.resolve`).
+        epsilon: logit bias, a float or a ``[N]`` tensor.
+
+    Returns:
+        ``[N]`` losses in float32 (float64 for float64 logits).
+    """
+    z = logits.to(compute_dtype(logits.dtype))
+    zb = biased_logits(z, target, epsilon)
+    kw = spec.as_dict(params)
+    if spec.name == "bitemp":
+        return _bitemp(zb, target, kw["t1"], kw["t2"], int(kw["num_iters"]))
+    logp = torch.log_softmax(zb, dim=1)
+    lpy = logp.gather(1, target.unsqueeze(1)).squeeze(1)
+    return _ROW_LOSSES[spec.name](logp, lpy, **kw)
