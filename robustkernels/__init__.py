@@ -22,6 +22,10 @@ from .specs import LOSSES, LossSpec, Param, get_spec
 
 __version__ = "0.1.0"
 
+from . import backends as _backends  # noqa: E402
+
+_backends.load_all()
+
 __all__ = [
     "LOSSES",
     "LossSpec",

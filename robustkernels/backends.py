@@ -41,11 +41,27 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 _AUTO_DEFAULT = ("torch",)
 
 
+# name -> (module or None, reason it could not be imported). Filled by load_all() when the
+# package is imported, so that nothing is imported while torch.compile traces robust_loss
+# (Dynamo refuses to trace importlib).
+_LOADED: dict[str, tuple[object, str | None]] = {}
+
+
+def load_all() -> None:
+    """Import every backend module once (called by ``import robustkernels``)."""
+    for name, path in BACKENDS.items():
+        if name in _LOADED:
+            continue
+        try:
+            _LOADED[name] = (importlib.import_module(path), None)
+        except ImportError as err:  # the optional module or one of its dependencies is missing
+            _LOADED[name] = (None, f"backend {name!r} could not be imported ({err})")
+
+
 def _module(name: str):
-    try:
-        return importlib.import_module(BACKENDS[name]), None
-    except ImportError as err:  # the optional module or one of its dependencies is missing
-        return None, f"backend {name!r} could not be imported ({err})"
+    if name not in _LOADED:
+        load_all()
+    return _LOADED[name]
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
