@@ -15,9 +15,10 @@ from . import functional, reference
 from ._labels import check_labels, get_label_validation, set_label_validation
 from .api import robust_loss
 from .backends import available_backends
-from .calibration import epsilon_for_classes
+from .calibration import epsilon_for_classes, mean_error, transfer
 from .modules import *  # noqa: F403  (RobustLoss and one class per loss)
 from .modules import __all__ as _module_names
+from .schedules import EpsilonScheduler
 from .specs import LOSSES, LossSpec, Param, get_spec
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ from . import backends as _backends  # noqa: E402
 _backends.load_all()
 
 __all__ = [
+    "EpsilonScheduler",
     "LOSSES",
     "LossSpec",
     "Param",
@@ -36,8 +38,10 @@ __all__ = [
     "functional",
     "get_label_validation",
     "get_spec",
+    "mean_error",
     "reference",
     "robust_loss",
     "set_label_validation",
+    "transfer",
     *_module_names,
 ]

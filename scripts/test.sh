@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# One intra-op thread per pytest worker: with -n 2 on 2 cores, idle OpenMP threads otherwise
+# spin against the other worker (measured: some tests 6x slower).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 .venv/bin/python -m pytest -n 2 --dist loadfile -q tests "$@"
