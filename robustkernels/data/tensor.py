@@ -32,3 +32,7 @@ class TensorDataset(torch.utils.data.Dataset):
     def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """Images and labels of ``indices`` (a 1-D int64 tensor) in one gather."""
         return self.images.index_select(0, indices), self.targets.index_select(0, indices)
+
+    def with_targets(self, targets: Tensor) -> TensorDataset:
+        """The same images with other labels (e.g. noisy ones)."""
+        return TensorDataset(self.images, targets, self.num_classes)

@@ -1,0 +1,6 @@
+"""``python -m robustkernels.train [demo] ...``"""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,387 @@
+"""The training loop: data, noise, model, loss with the logit bias, DDP, checkpoints, logs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..backends import resolve_backend
+from ..calibration import epsilon_for_classes
+from ..data.images import collate_images
+from ..data.tensor import TensorDataset
+from ..data.transforms import crop_flip
+from ..modules import RobustLoss
+from ..noise import inject_noise
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import TrainConfig
+from .datasets import build_data
+from .distributed import DistContext, all_reduce_sum, init_distributed
+from .metrics import EpochLog, topk_correct
+from .models import build_model
+from .optim import build_optimizer, lr_lambda, scaled_lr
+from .sampler import ResumableSampler
+
+__all__ = ["train", "CHECKPOINT_NAME"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class _FixedEpsilon:
+    """Stand-in for :class:`robustkernels.schedules.EpsilonScheduler` when eps does not change."""
+
+    def __init__(self, value: float) -> None:
+        self.epsilon = value
+
+    def step(self) -> float:
+        return self.epsilon
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _epsilon_schedule(cfg: TrainConfig, num_classes: int, total_steps: int):
+    if cfg.eps_schedule == "none":
+        eps = epsilon_for_classes(num_classes) if cfg.epsilon == "auto" else float(cfg.epsilon)
+        return _FixedEpsilon(eps)
+    from ..schedules import EpsilonScheduler  # the schedule module of the package
+
+    return EpsilonScheduler(
+        num_classes,
+        total_steps=total_steps,
+        mode=cfg.eps_schedule,
+        start=cfg.epsilon,
+        end=cfg.eps_end,
+        step_size=cfg.eps_step_size,
+        gamma=cfg.eps_gamma,
+    )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _tensor_batches(
+    dataset: TensorDataset, sampler: ResumableSampler, batch: int, cfg: TrainConfig, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor, int]]:
+    indices = sampler.index_tensor()
+    first = (sampler.num_samples - len(indices)) // batch  # batches skipped by a resume
+    for b in range(len(indices) // batch):
+        x, y = dataset.batch(indices[b * batch : (b + 1) * batch])
+        if cfg.augment:
+            # Seeded by (seed, epoch, batch, rank): identical after a resume, independent per rank.
+            gen = torch.Generator().manual_seed(hash((cfg.seed, sampler.epoch, first + b, sampler.rank)) & (2**63 - 1))
+            x = crop_flip(x, 4, gen)
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), 0
+
+
+def _image_batches(dataset, sampler: ResumableSampler, batch: int, cfg: TrainConfig, device: torch.device):
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=torch.utils.data.BatchSampler(sampler, batch, drop_last=True),
+        num_workers=cfg.num_workers,
+        collate_fn=collate_images,
+        pin_memory=device.type == "cuda",
+    )
+    for x, y, skipped in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), skipped
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, ctx: DistContext, cfg: TrainConfig, batch: int) -> dict[str, float]:
+    """Top-1 / top-5 accuracy on a clean set, this rank's share ``rank::world`` then summed."""
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # top1, top5, n
+    shard = list(range(ctx.rank, len(dataset), ctx.world_size))
+    if isinstance(dataset, TensorDataset):
+        idx = torch.tensor(shard, dtype=torch.int64)
+        batches = (dataset.batch(idx[i : i + batch]) + (0,) for i in range(0, len(idx), batch))
+    else:
+        batches = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, shard),
+            batch_size=batch,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_images,
+        )
+    for x, y, _ in batches:
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = model(x)
+        counts += torch.stack(
+            [*topk_correct(logits.float(), y, (1, 5)), torch.tensor(float(len(y)), device=ctx.device)]
+        )
+    all_reduce_sum(counts, ctx)
+    model.train()
+    top1, top5, n = counts.tolist()
+    return {"top1": 100.0 * top1 / max(n, 1.0), "top5": 100.0 * top5 / max(n, 1.0)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run one training job described by ``cfg``; returns ``{"history": [...], "final": {...}}``.
+
+    Under torchrun every rank calls this; rank 0 writes logs, checkpoints and the plot.
+    """
+    ctx = init_distributed(cfg.device)
+    if cfg.threads and ctx.device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {ctx.world_size} ranks")
+    per_rank = cfg.batch_size // ctx.world_size
+    _seed_everything(cfg.seed)
+
+    bundle = build_data(cfg)
+    k = bundle.num_classes
+    noisy = inject_noise(
+        bundle.train.targets,
+        k,
+        cfg.noise,
+        cfg.noise_rate,
+        seed=cfg.noise_seed,
+        dataset=cfg.noise_mapping or bundle.asym_mapping,
+    )
+    train_set = bundle.train.with_targets(torch.as_tensor(noisy.labels))
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training images")
+    total_steps = cfg.epochs * steps_per_epoch
+    last_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every run
+    model = build_model(cfg.model, k, bundle.input_shape, cfg.hidden).to(ctx.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch, cfg.lr_scaling)
+    optimizer = build_optimizer(model, cfg.optimizer, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lr_lambda(cfg.lr_schedule, total_steps, steps_per_epoch, cfg.warmup_epochs, cfg.lr_step_epochs, cfg.lr_gamma),
+    )
+    eps_sched = _epsilon_schedule(cfg, k, total_steps)
+    criterion = RobustLoss(cfg.loss, epsilon=eps_sched.epsilon, backend=cfg.loss_backend, **cfg.loss_params)
+    backend_name = resolve_backend(cfg.loss_backend, ctx.device)[0]
+    if ctx.is_main:
+        log.info(
+            "loss %s (backend %s), %d classes, %d steps of %d images",
+            cfg.loss,
+            backend_name,
+            k,
+            total_steps,
+            cfg.batch_size,
+        )
+
+    net: nn.Module = model
+    if ctx.distributed:
+        net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
+    epoch_log = EpochLog(cfg.output_dir, cfg.log_format, enabled=ctx.is_main)
+    step, partial, rng_state = 0, None, None
+    loss_timing = [0.0, 0.0]  # seconds in the loss (forward + backward), seconds in the whole step
+    resume = cfg.resume
+    if resume == "auto":
+        resume = ckpt_path if os.path.exists(ckpt_path) else None
+    if resume:
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        eps_sched.load_state_dict(state["eps_scheduler"])
+        step, loss_timing, epoch_log.history = state["step"], state["loss_timing"], state["history"]
+        saved = state["per_rank"]
+        if len(saved) != ctx.world_size:
+            raise ValueError(
+                f"{resume} was written by {len(saved)} ranks; resume it with the same number "
+                f"(here {ctx.world_size}) so every rank continues its own sample stream"
+            )
+        rng_state, partial = saved[ctx.rank]["rng"], saved[ctx.rank]["partial"]
+        if ctx.is_main:
+            log.info("resumed from %s at step %d", resume, step)
+
+    sampler = ResumableSampler(len(train_set), ctx.world_size, ctx.rank, cfg.seed)
+    tensor_data = isinstance(train_set, TensorDataset)
+
+    def checkpoint(partial_epoch: dict | None) -> None:
+        # Per-rank state (RNG streams, this rank's partial epoch sums) is gathered to rank 0.
+        per_rank = [{"rng": capture_rng(), "partial": partial_epoch}]
+        if ctx.distributed:
+            mine, per_rank = per_rank[0], [None] * ctx.world_size
+            torch.distributed.all_gather_object(per_rank, mine)
+        if ctx.is_main:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": lr_sched.state_dict(),
+                    "eps_scheduler": eps_sched.state_dict(),
+                    "step": step,
+                    "loss_timing": loss_timing,
+                    "history": epoch_log.history,
+                    "per_rank": per_rank,
+                    "config": cfg.to_dict(),
+                },
+            )
+
+    if rng_state is not None:
+        restore_rng(rng_state)  # last, so nothing above consumes the restored streams
+    model.train()
+    progress = None
+    if cfg.progress and ctx.is_main:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=last_step, initial=step, unit="step", dynamic_ncols=True)
+
+    stop_partial = None
+    while step < last_step:
+        epoch, start = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        sampler.set_start(start * per_rank)
+        # Per-epoch sums kept on device (no host sync per step): loss, correct (noisy labels), n,
+        # unreadable images skipped.
+        sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+        timing = {"train_s": 0.0}
+        if partial is not None and start > 0:
+            sums += torch.tensor(partial["sums"], dtype=torch.float64, device=ctx.device)
+            timing.update(partial["timing"])
+        partial = None
+        batches = (_tensor_batches if tensor_data else _image_batches)(train_set, sampler, per_rank, cfg, ctx.device)
+        t_epoch = time.perf_counter()
+        checkpoint_after_epoch = False
+        for x, y, skipped in batches:
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            # (step + 1): the first step of a run (warm-up, torch.compile tracing) is not timed.
+            timed = cfg.time_loss_every > 0 and (step + 1) % cfg.time_loss_every == 0
+            if timed:
+                _sync(ctx.device)
+                t0 = time.perf_counter()
+            criterion.epsilon = eps_sched.epsilon
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = net(x)
+            if timed:
+                _sync(ctx.device)
+                t1 = time.perf_counter()
+            # The loss runs on a detached leaf so its forward + backward can be timed on its own;
+            # the model's backward then starts from d(loss)/d(logits), which is exactly what a
+            # single loss.backward() would propagate.
+            leaf = logits.detach().requires_grad_()
+            loss = criterion(leaf, y)
+            (grad_logits,) = torch.autograd.grad(loss, leaf)
+            if timed:
+                _sync(ctx.device)
+                t2 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            logits.backward(grad_logits)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            lr_sched.step()
+            eps_sched.step()
+            step += 1
+            with torch.no_grad():
+                correct = (logits.argmax(1) == y).sum()
+                sums += torch.stack(
+                    [
+                        loss.detach().double() * len(y),
+                        correct.double(),
+                        sums.new_tensor(len(y)),
+                        sums.new_tensor(skipped),
+                    ]
+                )
+            if timed:
+                _sync(ctx.device)
+                t3 = time.perf_counter()
+                loss_timing[0] += t2 - t1
+                loss_timing[1] += t3 - t0
+            if progress is not None:
+                progress.update(1)
+            end_of_epoch = step % steps_per_epoch == 0
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                if end_of_epoch:
+                    checkpoint_after_epoch = True  # after the epoch's evaluation is logged
+                else:
+                    timing_now = dict(timing, train_s=timing["train_s"] + time.perf_counter() - t_epoch)
+                    checkpoint({"sums": sums.tolist(), "timing": timing_now})
+            if step >= last_step:
+                break
+        _sync(ctx.device)
+        timing["train_s"] += time.perf_counter() - t_epoch
+        if step % steps_per_epoch:  # stopped by max_steps inside an epoch: keep its partial sums
+            stop_partial = {"sums": sums.tolist(), "timing": timing}
+            seen = all_reduce_sum(sums.clone(), ctx)[2].item()
+            if ctx.is_main:
+                share = loss_timing[0] / loss_timing[1] if loss_timing[1] > 0 else math.nan
+                log.info(
+                    "stopped at step %d inside epoch %d: %.1f images/s this epoch, loss share %.4f",
+                    step,
+                    epoch + 1,
+                    seen / timing["train_s"],
+                    share,
+                )
+            break
+        all_reduce_sum(sums, ctx)
+        loss_sum, correct, n, skipped_total = sums.tolist()
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epsilon": float(criterion.epsilon),
+            "train_loss": loss_sum / n,
+            "train_acc_noisy": 100.0 * correct / n,
+            "skipped_images": int(skipped_total),
+            "epoch_time_s": timing["train_s"],
+            "images_per_s": n / timing["train_s"] if timing["train_s"] > 0 else math.nan,
+            # Over all timed steps so far (one every time_loss_every steps, possibly none this epoch).
+            "loss_share": loss_timing[0] / loss_timing[1] if loss_timing[1] > 0 else math.nan,
+        }
+        if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or step >= last_step):
+            for name, val in bundle.vals.items():
+                for metric, value in evaluate(net, val, ctx, cfg, per_rank).items():
+                    record[f"{name}_{metric}"] = value
+        epoch_log.write(record)
+        if progress is not None:
+            progress.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False)
+        if checkpoint_after_epoch and step < last_step:
+            checkpoint(None)
+    if progress is not None:
+        progress.close()
+    checkpoint(stop_partial)
+    if cfg.plot and ctx.is_main and epoch_log.history:
+        from .plot import plot_history
+
+        plot_history({cfg.loss: epoch_log.history}, os.path.join(cfg.output_dir, "curves.png"))
+    return {
+        "history": epoch_log.history,
+        "final": epoch_log.history[-1] if epoch_log.history else {},
+        "model": model,
+        "noise_rate": noisy.noise_rate,
+        "num_classes": k,
+        "steps": step,
+        "loss_backend": backend_name,
+    }
