@@ -1,6 +1,12 @@
-// Operator schemas of robustkernels::* (implementations register per backend in cpu/ and cuda/).
+// Operator schemas of robustkernels::* (one place); the CPU and CUDA kernels register their
+// implementations in cpu/ and cuda/, the fake (meta) kernels and autograd live in
+// robustkernels/native.py.
 #include <Python.h>
 #include <torch/library.h>
+
+#include <string>
+
+#include "loss_math.h"
 
 extern "C" {
 // `import robustkernels._C` runs the static TORCH_LIBRARY registrars below; the module itself
@@ -11,6 +17,25 @@ PyObject* PyInit__C(void) {
 }
 }
 
+namespace {
+// Kind tables of the C++ side, exposed so the tests can check them against specs.LOSSES.
+std::string kind_name_op(int64_t kind) { return rk::kind_name(static_cast<int>(kind)); }
+int64_t num_params_op(int64_t kind) { return rk::num_params(static_cast<int>(kind)); }
+}  // namespace
+
 TORCH_LIBRARY(robustkernels, m) {
-  m.def("probe(Tensor x) -> Tensor");
+  // The fake kernels and autograd formulas are registered by this Python module.
+  m.set_python_module("robustkernels.native");
+  // Per-row losses (reduction 0 = none) or their mean (1, over rows whose label is not
+  // ignore_index) or sum (2), and, when compute_grad, d loss / d logits already scaled for the
+  // reduction, in a fresh contiguous buffer of the logits' dtype ([0] otherwise). Float
+  // hyper-parameters are runtime values in spec order; only `kind` selects code.
+  m.def(
+      "loss_forward(Tensor logits, Tensor target, Tensor? epsilon_rows, float epsilon, int kind, "
+      "float[] params, int ignore_index, int reduction, bool compute_grad) -> (Tensor loss, Tensor grad)");
+  // grad *= grad_output (a scalar, or one factor per row). A scalar equal to 1 -- the common
+  // loss.backward() -- is detected on the device and leaves grad untouched, without a host sync.
+  m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
+  m.def("kind_name(int kind) -> str", &kind_name_op);
+  m.def("num_params(int kind) -> int", &num_params_op);
 }

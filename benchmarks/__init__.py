@@ -1,0 +1,1 @@
+"""Benchmarks of robustkernels (run as ``python -m benchmarks.<name>`` from the repository root)."""

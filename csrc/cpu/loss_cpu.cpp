@@ -1,0 +1,209 @@
+// CPU kernels: at::parallel_for over rows; each row is copied once into a per-thread buffer in
+// the compute type (fp32, fp64 for float64 logits) with the bias added, and every pass of the
+// shared row math (loss_math.h) then runs over that cached buffer with ATen's SIMD vectors.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/vec_ops.h"
+#include "op_checks.h"
+
+namespace rk {
+namespace {
+
+using at::vec::Vectorized;
+
+// Row interface of loss_math.h over a contiguous buffer of K values of T.
+template <class T, class scalar_t>
+struct CpuRow {
+  using Vec = Vectorized<T>;
+  static constexpr int64_t kLanes = Vec::size();
+  const T* a;
+  T* cache;  // e_j of remember()
+  int64_t K;
+  int64_t y;
+  scalar_t* grad;
+
+  template <class F>
+  T sum_range(const F& f, const T* src, int64_t lo, int64_t hi) const {
+    Vec acc(T(0));
+    int64_t j = lo;
+    for (; j + kLanes <= hi; j += kLanes) acc = acc + f(Vec::loadu(src + j));
+    T lanes[kLanes];
+    acc.store(lanes);
+    T total = T(0);
+    for (int64_t i = 0; i < kLanes; ++i) total += lanes[i];
+    for (; j < hi; ++j) total += f(src[j]);
+    return total;
+  }
+  template <class F>
+  void remember(const F& f) const {
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) f(Vec::loadu(a + j)).store(cache + j);
+    for (; j < K; ++j) cache[j] = f(a[j]);
+  }
+  template <class F, class G>
+  T sum_remembered(const F&, const G& g) const {
+    return sum_range(g, cache, 0, K);
+  }
+  template <class F, class G>
+  T sum_others_remembered(const F&, const G& g) const {
+    return sum_range(g, cache, 0, y) + sum_range(g, cache, y + 1, K);
+  }
+  template <class F, class G>
+  void write_grad_remembered(const F&, const G& g, T label_value) const {
+    write_range(g, cache, label_value);
+  }
+  template <class F>
+  T sum_of(const F& f) const {
+    return sum_range(f, a, 0, K);
+  }
+  template <class F>
+  T sum_others(const F& f) const {
+    return sum_range(f, a, 0, y) + sum_range(f, a, y + 1, K);
+  }
+  template <class F>
+  T max_of(const F& f) const {
+    Vec acc(-std::numeric_limits<T>::infinity());
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) acc = at::vec::maximum(acc, f(Vec::loadu(a + j)));
+    T lanes[kLanes];
+    acc.store(lanes);
+    T best = lanes[0];
+    for (int64_t i = 1; i < kLanes; ++i) best = Ops<T>::max(best, lanes[i]);
+    for (; j < K; ++j) best = Ops<T>::max(best, f(a[j]));
+    return best;
+  }
+  template <class F>
+  void write_grad(const F& f, T label_value) const {
+    write_range(f, a, label_value);
+  }
+  template <class F>
+  void write_range(const F& f, const T* src, T label_value) const {
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) {
+      const Vec g = f(Vec::loadu(src + j));
+      if constexpr (std::is_same_v<scalar_t, T>) {
+        g.store(grad + j);
+      } else {
+        T lanes[kLanes];
+        g.store(lanes);
+        for (int64_t i = 0; i < kLanes; ++i) grad[j + i] = static_cast<scalar_t>(lanes[i]);
+      }
+    }
+    for (; j < K; ++j) grad[j] = static_cast<scalar_t>(f(src[j]));
+    grad[y] = static_cast<scalar_t>(label_value);
+  }
+};
+
+template <class scalar_t, class label_t>
+void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::Tensor* eps_rows, double epsilon,
+                  int kind, c10::ArrayRef<double> params, int64_t ignore_index, at::opmath_type<scalar_t> scale,
+                  at::Tensor& rows, scalar_t* grad) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t N = logits.size(0), K = logits.size(1);
+  const int64_t row_stride = logits.stride(0);
+  const scalar_t* z = logits.const_data_ptr<scalar_t>();
+  const label_t* labels = target.const_data_ptr<label_t>();
+  const int64_t label_stride = target.stride(0);
+  const T* eps = eps_rows ? eps_rows->const_data_ptr<T>() : nullptr;
+  T prm[kMaxParams] = {};
+  for (size_t i = 0; i < params.size(); ++i) prm[i] = static_cast<T>(params[i]);
+  T* out = rows.mutable_data_ptr<T>();
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(2 * K);  // the row, then the values of remember()
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t label = static_cast<int64_t>(labels[i * label_stride]);
+      scalar_t* grad_row = grad ? grad + i * K : nullptr;
+      if (label == ignore_index || label < 0 || label >= K) {
+        // Ignored: loss 0, gradient 0. Invalid label: NaN row (see robustkernels/_labels.py);
+        // the logits of such a row are never read.
+        const T fill = label == ignore_index ? T(0) : nan;
+        out[i] = fill;
+        if (grad_row) std::fill(grad_row, grad_row + K, static_cast<scalar_t>(fill));
+        continue;
+      }
+      const scalar_t* z_row = z + i * row_stride;
+      for (int64_t j = 0; j < K; ++j) buffer[j] = static_cast<T>(z_row[j]);
+      buffer[label] += eps ? eps[i] : static_cast<T>(epsilon);
+      CpuRow<T, scalar_t> row{buffer.data(), buffer.data() + K, K, label, grad_row};
+      out[i] = row_forward<T>(row, kind, prm, buffer[label], grad_row != nullptr, scale);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& logits_in, const at::Tensor& target,
+                                                    const std::optional<at::Tensor>& epsilon_rows, double epsilon,
+                                                    int64_t kind, c10::ArrayRef<double> params, int64_t ignore_index,
+                                                    int64_t reduction, bool compute_grad) {
+  check_forward_inputs(logits_in, target, epsilon_rows, kind, params, reduction);
+  const at::Tensor logits = rows_unit_stride(logits_in);
+  const int64_t N = logits.size(0), K = logits.size(1);
+  const auto acc_dtype = loss_dtype(logits.scalar_type());
+  at::Tensor rows = at::empty({N}, logits.options().dtype(acc_dtype));
+  at::Tensor grad = compute_grad ? at::empty({N, K}, logits.options()) : at::empty({0}, logits.options());
+  at::Tensor eps;
+  if (epsilon_rows.has_value()) eps = epsilon_rows->to(acc_dtype).contiguous();
+
+  // Rows that count for the mean: every label but ignore_index (invalid ones included, their
+  // NaN must reach the mean), as F.cross_entropy.
+  int64_t count = N;
+  if (reduction == kMean) {
+    const at::Tensor labels = target.to(at::kLong).contiguous();
+    const int64_t* l = labels.const_data_ptr<int64_t>();
+    count = 0;
+    for (int64_t i = 0; i < N; ++i) count += l[i] != ignore_index;
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "robustkernels_loss_forward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const T scale = reduction == kMean ? T(1) / static_cast<T>(count) : T(1);
+    scalar_t* grad_ptr = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+    const at::Tensor* eps_ptr = eps.defined() ? &eps : nullptr;
+    if (target.scalar_type() == at::kLong) {
+      forward_rows<scalar_t, int64_t>(logits, target, eps_ptr, epsilon, kind, params, ignore_index, scale, rows,
+                                      grad_ptr);
+    } else {
+      forward_rows<scalar_t, int32_t>(logits, target, eps_ptr, epsilon, kind, params, ignore_index, scale, rows,
+                                      grad_ptr);
+    }
+  });
+
+  if (reduction == kNone) return {rows, grad};
+  // Serial float64 sum in row order: the same bits whatever the number of threads.
+  double total = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "robustkernels_loss_reduce", [&] {
+    const scalar_t* r = rows.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < N; ++i) total += static_cast<double>(r[i]);
+  });
+  if (reduction == kMean) total /= static_cast<double>(count);  // 0 / 0 = NaN when all ignored
+  return {at::scalar_tensor(total, logits.options().dtype(acc_dtype)), grad};
+}
+
+void scale_grad_cpu(at::Tensor& grad, const at::Tensor& grad_output) {
+  check_scale_inputs(grad, grad_output);
+  if (grad_output.dim() == 0) {
+    // Reading a CPU scalar is not a device sync; 1 (loss.backward()) leaves grad untouched.
+    if (grad_output.item<double>() == 1.0) return;
+    grad.mul_(grad_output);
+    return;
+  }
+  grad.mul_(grad_output.unsqueeze(1));
+}
+
+}  // namespace
+}  // namespace rk
+
+TORCH_LIBRARY_IMPL(robustkernels, CPU, m) {
+  m.impl("loss_forward", &rk::loss_forward_cpu);
+  m.impl("scale_grad_", &rk::scale_grad_cpu);
+}

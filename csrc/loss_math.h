@@ -1,0 +1,507 @@
+// Per-row math of every loss, written once for the CPU and the CUDA kernels.
+//
+// A kernel hands each row to `row_forward` through a *Row* object that owns the row's values
+// a_j = z_j + eps * [j == y] in the compute type T (float, or double for float64 input) and
+// knows how to reduce over them:
+//
+//   T max_of(f)        max_j f(a_j)            T sum_of(f)      sum_j f(a_j)
+//   T sum_others(f)    sum_{j != y} f(a_j)     void write_grad(f, g_y)   grad_j = f(a_j), grad_y = g_y
+//   void remember(f)                  e_j = f(a_j) for later passes, then with the same f:
+//   T sum_remembered(f, g)            sum_j g(e_j)          T sum_others_remembered(f, g)
+//   void write_grad_remembered(f, g, g_y)                   grad_j = g(e_j), grad_y = g_y
+//
+// The CPU Row keeps e_j in a second buffer, which saves the transcendental f in every later
+// pass (exp(a - m) of the label family, log p of bitemp); the CUDA Rows recompute g(f(a_j)),
+// registers being scarcer than arithmetic there.
+//
+// `f` is a generic lambda. The CPU Row calls it with at::vec::Vectorized<T> for the vector
+// body and with T for the tail; the CUDA Rows call it with T on every lane and combine lanes
+// with warp shuffles (and shared memory for a block per row). Every elementwise formula is
+// therefore written against Ops<V>, specialised for T here and for Vectorized<T> in
+// cpu/vec_ops.h. Row reductions return the same value on every thread of a row, so the
+// data-dependent loops below (bisection) stay uniform across a warp.
+//
+// Gradient shape. Every loss except bitemp has
+//     dL/dz_j = c_pm (p_j - [j == y]) + c_p p_j + c_1 + c_h h_j
+// with per-row scalars (RowCoeffs) and h_j the focal derivative (NFL family only). The label
+// lane is written separately with p_y - 1 = expm1(log p_y), so it never cancels as p_y -> 1.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__CUDACC__)
+#define RK_HD __host__ __device__ __forceinline__
+#else
+#define RK_HD inline
+#endif
+
+namespace rk {
+
+// Loss kinds: must equal LossSpec.kind in robustkernels/specs.py (tests compare kind_name()).
+enum Kind : int {
+  kCE = 0,
+  kMAE = 1,
+  kGCE = 2,
+  kAGCE = 3,
+  kAUL = 4,
+  kAEL = 5,
+  kNCE = 6,
+  kFocal = 7,
+  kNFL = 8,
+  kRCE = 9,
+  kSCE = 10,
+  kNCE_MAE = 11,
+  kNF_MAE = 12,
+  kNCE_RCE = 13,
+  kNCE_AGCE = 14,
+  kBiTemp = 15,
+  kNumKinds = 16,
+};
+
+enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
+
+// Kernel variants. Kinds of one family share their passes over the row; only the per-row
+// scalars differ, so the CUDA kernels specialise on the family and switch on the kind once
+// per row.
+enum Family : int {
+  kLabelFamily = 0,  // depends on log p_y (and sum_k log p_k for the NCE combinations)
+  kFocalFamily = 1,  // NFL: needs sum_k focal_k and sum_k h_k
+  kBiTempFamily = 2,
+};
+
+constexpr int kMaxParams = 4;
+// Upper bound on bisection steps for the t2 < 1 normalisation. Each step halves a bracket at
+// most -log_t(1/K) wide, so 64 steps reach the float64 resolution for any K (the reference
+// uses the same count); the loop also stops as soon as the midpoint equals an end of the
+// bracket, i.e. once the bracket cannot shrink in the compute precision, which gives the same
+// result as running the remaining steps (they can no longer move it by more than an ulp).
+constexpr int kMaxBisectionSteps = 64;
+
+RK_HD int num_params(int kind) {
+  switch (kind) {
+    case kCE:
+    case kNCE:
+      return 0;
+    case kMAE:
+    case kGCE:
+    case kAEL:
+    case kFocal:
+    case kNFL:
+    case kRCE:
+      return 1;
+    case kAGCE:
+    case kAUL:
+    case kNCE_MAE:
+      return 2;
+    case kSCE:
+    case kNF_MAE:
+    case kNCE_RCE:
+    case kBiTemp:
+      return 3;
+    case kNCE_AGCE:
+      return 4;
+    default:
+      return -1;
+  }
+}
+
+inline const char* kind_name(int kind) {
+  static const char* const names[kNumKinds] = {"ce",  "mae", "gce", "agce", "aul",     "ael",    "nce",     "focal",
+                                               "nfl", "rce", "sce", "nce_mae", "nf_mae", "nce_rce", "nce_agce", "bitemp"};
+  return (kind >= 0 && kind < kNumKinds) ? names[kind] : "";
+}
+
+RK_HD Family family_of(int kind) {
+  if (kind == kNFL || kind == kNF_MAE) return kFocalFamily;
+  if (kind == kBiTemp) return kBiTempFamily;
+  return kLabelFamily;
+}
+
+RK_HD bool uses_sum_logp(int kind) {
+  return kind == kNCE || kind == kNCE_MAE || kind == kNCE_RCE || kind == kNCE_AGCE;
+}
+
+// ---- elementwise operations on T and on vectors of T -------------------------------------------
+
+template <class V>
+struct Ops;
+
+template <>
+struct Ops<float> {
+  static RK_HD float exp(float x) { return ::expf(x); }
+  static RK_HD float log(float x) { return ::logf(x); }
+  static RK_HD float expm1(float x) { return ::expm1f(x); }
+  static RK_HD float log1p(float x) { return ::log1pf(x); }
+  // NaN-propagating: a NaN logit must poison the row, never be clamped away.
+  static RK_HD float max(float a, float b) { return (a != a || a > b) ? a : b; }
+  static RK_HD float clamp_min(float x, float low) { return x < low ? low : x; }
+  static RK_HD float select_gt(float x, float threshold, float yes, float no) { return x > threshold ? yes : no; }
+};
+
+template <>
+struct Ops<double> {
+  static RK_HD double exp(double x) { return ::exp(x); }
+  static RK_HD double log(double x) { return ::log(x); }
+  static RK_HD double expm1(double x) { return ::expm1(x); }
+  static RK_HD double log1p(double x) { return ::log1p(x); }
+  static RK_HD double max(double a, double b) { return (a != a || a > b) ? a : b; }
+  static RK_HD double clamp_min(double x, double low) { return x < low ? low : x; }
+  static RK_HD double select_gt(double x, double threshold, double yes, double no) { return x > threshold ? yes : no; }
+};
+
+template <class T>
+RK_HD T infinity() {
+  return std::numeric_limits<T>::infinity();
+}
+
+// log exp_t(u) = log [1 + (1 - t) u]_+ / (1 - t) for t != 1: -inf outside the support (t < 1).
+// log1p keeps log p_y accurate as p_y -> 1 (u -> 0), where 1 + (1 - t) u would round to 1.
+template <class V, class T>
+RK_HD V log_exp_t(V u, T t) {
+  using O = Ops<V>;
+  return O::log1p(O::clamp_min(V(T(1) - t) * u, V(T(-1)))) * V(T(1) / (T(1) - t));
+}
+
+template <class V, class T>
+RK_HD V exp_t(V u, T t) {
+  return Ops<V>::exp(log_exp_t(u, t));
+}
+
+// Focal weight w = (1 - p)^gamma and h = d focal / d log p... precisely d focal_k / d z_j =
+// h_k (p_j - [j == k]) with h = w (1 - gamma p log p / (1 - p)), from log p:
+//   * 1 - p = -expm1(log p) (no cancellation near p = 1);
+//   * p log p / (1 - p) -> -1 as p -> 1 and -> 0 as p -> 0; both limits are selected
+//     explicitly because the quotient is 0/0 or 0 * inf there.
+template <class V, class T>
+RK_HD V focal_weight(V lp, T gamma) {
+  using O = Ops<V>;
+  if (gamma == T(0)) return V(T(1));
+  return O::exp(V(gamma) * O::log(V(T(0)) - O::expm1(lp)));
+}
+
+template <class V, class T>
+RK_HD V focal_h(V lp, T gamma) {
+  using O = Ops<V>;
+  const V p = O::exp(lp);
+  const V one_minus_p = V(T(0)) - O::expm1(lp);
+  V ratio = O::select_gt(one_minus_p, V(T(0)), p * lp / one_minus_p, V(T(-1)));
+  ratio = O::select_gt(p, V(T(0)), ratio, V(T(0)));
+  return focal_weight(lp, gamma) * (V(T(1)) - V(gamma) * ratio);
+}
+
+// ---- per-row scalars of the label family and the focal family --------------------------------
+
+template <class T>
+struct RowStats {
+  T lpy = 0;         // log p_y
+  T sum_logp = 0;    // sum_k log p_k                     (NCE combinations)
+  T focal_sum = 0;   // sum_k focal_k = -sum_k w_k log p_k (NFL family)
+  T focal_hsum = 0;  // sum_k h_k                          (NFL family)
+  bool any_zero = false;  // some log p_k == -inf          (NFL family)
+  int64_t K = 0;
+};
+
+template <class T>
+struct RowCoeffs {
+  T loss = 0;
+  T pm = 0;   // coefficient of p_j - [j == y]
+  T p = 0;    // coefficient of p_j
+  T one = 0;  // constant
+  T h = 0;    // coefficient of h_j (NFL family)
+};
+
+// Single terms of weight w. Losses of p_y only: L = f(log p_y) has dL/dz_j = -f'(log p_y)
+// (p_j - [j == y]), so c_pm = -f'. Every 1 - p_y is -expm1(log p_y).
+template <class T>
+struct Terms {
+  using O = Ops<T>;
+  RowCoeffs<T>& c;
+  T lpy, py, one_minus_py;
+
+  RK_HD void ce(T w) {
+    c.loss += w * -lpy;
+    c.pm += w;
+  }
+  RK_HD void mae(T w) {  // w (1 - p_y)
+    c.loss += w * one_minus_py;
+    c.pm += w * py;
+  }
+  RK_HD void gce(T w, T q) {  // (1 - p_y^q) / q
+    c.loss += w * -O::expm1(q * lpy) / q;
+    c.pm += w * O::exp(q * lpy);
+  }
+  RK_HD void agce(T w, T a, T q) {
+    // (a+1)^q - (a+p)^q = -(a+1)^q expm1(q log1p(-(1-p)/(a+1))): no cancellation near p = 1.
+    const T a1q = O::exp(q * O::log(a + T(1)));
+    c.loss += w * -a1q * O::expm1(q * O::log1p(-one_minus_py / (a + T(1)))) / q;
+    c.pm += w * O::exp((q - T(1)) * O::log(a + py)) * py;
+  }
+  RK_HD void aul(T w, T a, T q) {
+    // (a-p)^q - (a-1)^q = (a-1)^q expm1(q log1p((1-p)/(a-1))); a - p = (a-1) + (1-p).
+    const T am1q = O::exp(q * O::log(a - T(1)));
+    c.loss += w * am1q * O::expm1(q * O::log1p(one_minus_py / (a - T(1)))) / q;
+    c.pm += w * O::exp((q - T(1)) * O::log((a - T(1)) + one_minus_py)) * py;
+  }
+  RK_HD void ael(T w, T a) {
+    const T e = O::exp(-py / a);
+    c.loss += w * e;
+    c.pm += w * e * py / a;
+  }
+  RK_HD void rce(T w, T A) {  // -A (1 - p_y)
+    c.loss += w * -A * one_minus_py;
+    c.pm += w * -A * py;
+  }
+  RK_HD void focal(T w, T gamma) {
+    c.loss += w * -focal_weight(lpy, gamma) * lpy;
+    c.pm += w * focal_h(lpy, gamma);
+  }
+  // NCE = log p_y / S with S = sum_k log p_k and dS/dz_j = 1 - K p_j:
+  //   dL/dz_j = -(p_j - [j == y]) / S + K (log p_y / S) / S p_j - (log p_y / S) / S.
+  // (log p_y / S) / S rather than log p_y / S^2: no overflow of S^2, and S = -inf (a class with
+  // p = 0) gives loss 0 and gradient 0, the limit.
+  RK_HD void nce(T w, const RowStats<T>& s) {
+    const T r = lpy / s.sum_logp;
+    c.loss += w * r;
+    c.pm += w * (-T(1) / s.sum_logp);
+    c.p += w * T(s.K) * r / s.sum_logp;
+    c.one += w * -r / s.sum_logp;
+  }
+  // NFL = N / D with N = focal_y, D = sum_k focal_k, H = sum_k h_k:
+  //   dL/dz_j = h_y / D (p_j - [j == y]) - (N / D) (H / D) p_j + (N / D) / D h_j.
+  // A class with p = 0 makes D infinite: loss 0, gradient 0 (the reference's limit).
+  RK_HD void nfl(T w, T gamma, const RowStats<T>& s) {
+    if (s.any_zero) return;
+    const T r = -focal_weight(lpy, gamma) * lpy / s.focal_sum;
+    c.loss += w * r;
+    c.pm += w * focal_h(lpy, gamma) / s.focal_sum;
+    c.p += w * -r * (s.focal_hsum / s.focal_sum);
+    c.h += w * r / s.focal_sum;
+  }
+};
+
+// Loss and gradient coefficients of one row from its statistics; prm in spec order.
+template <class T>
+RK_HD RowCoeffs<T> row_coeffs(int kind, const T* prm, const RowStats<T>& s) {
+  using O = Ops<T>;
+  RowCoeffs<T> c;
+  Terms<T> t{c, s.lpy, O::exp(s.lpy), -O::expm1(s.lpy)};
+  switch (kind) {
+    case kCE: t.ce(T(1)); break;
+    case kMAE: t.mae(prm[0]); break;
+    case kGCE: t.gce(T(1), prm[0]); break;
+    case kAGCE: t.agce(T(1), prm[0], prm[1]); break;
+    case kAUL: t.aul(T(1), prm[0], prm[1]); break;
+    case kAEL: t.ael(T(1), prm[0]); break;
+    case kNCE: t.nce(T(1), s); break;
+    case kFocal: t.focal(T(1), prm[0]); break;
+    case kNFL: t.nfl(T(1), prm[0], s); break;
+    case kRCE: t.rce(T(1), prm[0]); break;
+    case kSCE: t.ce(prm[0]); t.rce(prm[1], prm[2]); break;
+    case kNCE_MAE: t.nce(prm[0], s); t.mae(prm[1]); break;
+    case kNF_MAE: t.nfl(prm[0], prm[2], s); t.mae(prm[1]); break;
+    case kNCE_RCE: t.nce(prm[0], s); t.rce(prm[1], prm[2]); break;
+    case kNCE_AGCE: t.nce(prm[0], s); t.agce(prm[1], prm[2], prm[3]); break;
+    default: break;
+  }
+  return c;
+}
+
+RK_HD int focal_gamma_index(int kind) { return kind == kNF_MAE ? 2 : 0; }
+
+// ---- row drivers --------------------------------------------------------------------------------
+
+// log sum_k exp(a_k - m) with m = max_k a_k. When the label holds the max the sum is 1 + s,
+// s = sum_{k != y} exp(a_k - m), and log1p(s) keeps log p_y = -log1p(s) accurate as p_y -> 1;
+// log(1 + s) would round to 0 in fp32 once s < 6e-8 and make 1 - p_y exactly 0.
+template <class T, class Row>
+RK_HD T log_partition(Row& row, T m, T a_y) {
+  using O = Ops<T>;
+  const T others = row.sum_others([m](auto a) {
+    using V = decltype(a);
+    return Ops<V>::exp(a - V(m));
+  });
+  return a_y == m ? O::log1p(others) : O::log(O::exp(a_y - m) + others);
+}
+
+// Label and focal families. `scale` multiplies the gradient (1/count for mean, else 1).
+// kMayBeFocal = false lets a kernel specialised on the label family drop the focal passes.
+template <class T, bool kMayBeFocal = true, class Row>
+RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T scale) {
+  using O = Ops<T>;
+  const T m = row.max_of([](auto a) { return a; });
+  // As log_partition below, with exp(a_k - m) remembered for the gradient.
+  auto exp_shifted = [m](auto a) {
+    using V = decltype(a);
+    return Ops<V>::exp(a - V(m));
+  };
+  row.remember(exp_shifted);
+  const T others = row.sum_others_remembered(exp_shifted, [](auto e) { return e; });
+  const T log_s = a_y == m ? O::log1p(others) : O::log(O::exp(a_y - m) + others);
+  const T lse = m + log_s;
+  RowStats<T> st;
+  st.K = row.K;
+  st.lpy = (a_y - m) - log_s;  // not a_y - lse: m + log_s rounds log_s away when it is tiny
+  if (uses_sum_logp(kind)) {
+    // sum_k (a_k - m) - K log s: both parts <= 0, so no cancellation.
+    st.sum_logp = row.sum_of([m](auto a) {
+      using V = decltype(a);
+      return a - V(m);
+    }) - T(row.K) * log_s;
+  }
+  const bool focal = kMayBeFocal && family_of(kind) == kFocalFamily;
+  const T gamma = focal ? prm[focal_gamma_index(kind)] : T(0);
+  if (focal) {
+    st.focal_sum = row.sum_of([lse, gamma](auto a) {
+      using V = decltype(a);
+      const V lp = a - V(lse);
+      return V(T(0)) - focal_weight(lp, gamma) * lp;
+    });
+    st.focal_hsum = row.sum_of([lse, gamma](auto a) {
+      using V = decltype(a);
+      return focal_h(a - V(lse), gamma);
+    });
+    // log p_k == -inf  <=>  -(a_k - lse) > max finite (false for NaN, which must stay NaN).
+    st.any_zero = row.max_of([lse](auto a) {
+      using V = decltype(a);
+      return Ops<V>::select_gt(V(lse) - a, V(std::numeric_limits<T>::max()), V(T(1)), V(T(0)));
+    }) > T(0);
+  }
+  const RowCoeffs<T> c = row_coeffs(kind, prm, st);
+  if (need_grad) {
+    const T c_p = scale * (c.pm + c.p), c_1 = scale * c.one, c_h = scale * c.h;
+    T g_y = scale * (c.pm * O::expm1(st.lpy) + c.p * O::exp(st.lpy) + c.one);
+    if (focal) {
+      g_y += c_h * focal_h(st.lpy, gamma);
+      row.write_grad(
+          [lse, c_p, c_1, c_h, gamma](auto a) {
+            using V = decltype(a);
+            const V lp = a - V(lse);
+            return Ops<V>::exp(lp) * V(c_p) + V(c_1) + V(c_h) * focal_h(lp, gamma);
+          },
+          g_y);
+    } else {
+      const T c_e = c_p * O::exp(-log_s);  // p_j = exp(a_j - m) / s
+      row.write_grad_remembered(
+          exp_shifted,
+          [c_e, c_1](auto e) {
+            using V = decltype(e);
+            return e * V(c_e) + V(c_1);
+          },
+          g_y);
+    }
+  }
+  return c.loss;
+}
+
+// lambda_t(a) - max(a) of the tempered softmax, as Google's implementation: logsumexp for t = 1,
+// `num_iters` fixed-point steps for t > 1, bisection to convergence for t < 1.
+template <class T, class Row>
+RK_HD T bitemp_normalization(Row& row, T mu, T a_y, T t, int num_iters) {
+  using O = Ops<T>;
+  if (t == T(1)) return log_partition(row, mu, a_y);
+  if (t > T(1)) {
+    // a_hat = (a - mu) * Z^(1 - t): the iterate is a scalar multiple of a - mu.
+    T factor = T(1);
+    T partition = T(1);
+    for (int i = 0; i < num_iters; ++i) {
+      partition = row.sum_of([mu, factor, t](auto a) {
+        using V = decltype(a);
+        return exp_t((a - V(mu)) * V(factor), t);
+      });
+      factor = O::exp((T(1) - t) * O::log(partition));
+    }
+    // Last partition with the label term apart: Z = 1 + others when the label holds the max
+    // (exp_t(0) = 1), and log1p keeps the small normaliser -- hence log p_y -- accurate.
+    const T others = row.sum_others([mu, factor, t](auto a) {
+      using V = decltype(a);
+      return exp_t((a - V(mu)) * V(factor), t);
+    });
+    const T log_z = a_y == mu ? O::log1p(others) : O::log(exp_t((a_y - mu) * factor, t) + others);
+    // -log_t(1/Z) = -expm1((t - 1) log Z) / (1 - t)
+    return -O::expm1((t - T(1)) * log_z) / (T(1) - t);
+  }
+  const T support = T(-1) / (T(1) - t);
+  const T effective_dim = row.sum_of([mu, support](auto a) {
+    using V = decltype(a);
+    return Ops<V>::select_gt(a - V(mu), V(support), V(T(1)), V(T(0)));
+  });
+  T lo = T(0);
+  T hi = -O::expm1((t - T(1)) * O::log(effective_dim)) / (T(1) - t);  // -log_t(1/d)
+  for (int step = 0; step < kMaxBisectionSteps; ++step) {
+    const T mid = T(0.5) * (lo + hi);
+    if (!(mid > lo && mid < hi)) break;  // converged (or NaN): identical in every thread
+    const T partition = row.sum_of([mu, mid, t](auto a) {
+      using V = decltype(a);
+      return exp_t(a - V(mu) - V(mid), t);
+    });
+    if (partition < T(1)) {
+      hi = mid;
+    } else {
+      lo = mid;
+    }
+  }
+  return T(0.5) * (lo + hi);
+}
+
+// Bi-tempered loss -log_t1(p_y) - (1 - sum_k p_k^(2-t1)) / (2-t1) with the implicit-function
+// gradient dL/da_j = w_j - s_j sum_k w_k, w_k = (p_k - [k == y]) f_k, forget factor
+// f = p^(t2-t1) (0 where p = 0: p is locally constant there, and this avoids 0 * inf),
+// escort s = p^t2 / sum p^t2. prm = (t1, t2, num_iters).
+template <class T, class Row>
+RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
+  using O = Ops<T>;
+  const T t1 = prm[0], t2 = prm[1];
+  const int num_iters = static_cast<int>(prm[2]);
+  const T mu = row.max_of([](auto a) { return a; });
+  const T lam = bitemp_normalization(row, mu, a_y, t2, num_iters);
+  // log p_k, re-derived from a_k in each pass. (a - mu) - lam, not a - (mu + lam): the sum
+  // would round a tiny lam away and with it 1 - p_y.
+  auto log_p = [mu, lam, t2](auto a) {
+    using V = decltype(a);
+    const V u = (a - V(mu)) - V(lam);
+    return t2 == T(1) ? u : log_exp_t(u, t2);
+  };
+  const T lpy = log_p(a_y);
+  row.remember(log_p);
+  const T sum_pow = row.sum_remembered(log_p, [t1](auto lp) {
+    using V = decltype(lp);
+    return Ops<V>::exp(V(T(2) - t1) * lp);
+  });
+  const T minus_log_t1_py = t1 == T(1) ? -lpy : -O::expm1((T(1) - t1) * lpy) / (T(1) - t1);
+  const T loss = minus_log_t1_py - (T(1) - sum_pow) / (T(2) - t1);
+  if (need_grad) {
+    const T lowest = -std::numeric_limits<T>::max();
+    const T escort_sum = row.sum_remembered(log_p, [t2](auto lp) {
+      using V = decltype(lp);
+      return Ops<V>::exp(V(t2) * lp);
+    });
+    // sum_k w_k = (p_y - 1) f_y + sum_{k != y} p_k f_k: the label term from expm1, the others
+    // summed without it, so nothing cancels when p_y -> 1.
+    auto p_times_f = [t1, t2, lowest](auto lp) {
+      using V = decltype(lp);
+      return Ops<V>::select_gt(lp, V(lowest), Ops<V>::exp(V(T(1) + t2 - t1) * lp), V(T(0)));
+    };
+    const T f_y = lpy > lowest ? O::exp((t2 - t1) * lpy) : T(0);
+    const T w_y = O::expm1(lpy) * f_y;
+    const T sum_w = w_y + row.sum_others_remembered(log_p, p_times_f);
+    const T c_s = -scale * sum_w / escort_sum;
+    row.write_grad_remembered(
+        log_p,
+        [p_times_f, scale, c_s, t2](auto lp) {
+          using V = decltype(lp);
+          return V(scale) * p_times_f(lp) + V(c_s) * Ops<V>::exp(V(t2) * lp);
+        },
+        scale * w_y + c_s * O::exp(t2 * lpy));
+  }
+  return loss;
+}
+
+template <class T, class Row>
+RK_HD T row_forward(Row& row, int kind, const T* prm, T a_y, bool need_grad, T scale) {
+  if (kind == kBiTemp) return bitemp_row(row, prm, a_y, need_grad, scale);
+  return label_row(row, kind, prm, a_y, need_grad, scale);
+}
+
+}  // namespace rk

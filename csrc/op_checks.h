@@ -1,0 +1,71 @@
+// Argument validation and output allocation shared by the CPU and CUDA implementations of the
+// robustkernels ops (host code only). Errors name the offending argument: the ops can be
+// called directly through torch.ops.robustkernels, bypassing robust_loss's checks.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+#include "loss_math.h"
+
+namespace rk {
+
+inline void check_forward_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                 const std::optional<at::Tensor>& epsilon_rows, int64_t kind,
+                                 c10::ArrayRef<double> params, int64_t reduction) {
+  TORCH_CHECK(logits.dim() == 2, "logits must be 2-D [N, K], got shape ", logits.sizes());
+  TORCH_CHECK(logits.size(1) >= 2, "logits must have at least 2 classes, got K=", logits.size(1));
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "logits must be float64, float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == logits.size(0), "target must be 1-D [N] with N=",
+              logits.size(0), " (the rows of logits), got shape ", target.sizes());
+  TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kInt,
+              "target must be int64 or int32, got ", target.scalar_type());
+  TORCH_CHECK(target.device() == logits.device(), "target is on ", target.device(), " but logits are on ",
+              logits.device());
+  if (epsilon_rows.has_value()) {
+    const auto& eps = *epsilon_rows;
+    TORCH_CHECK(eps.dim() == 1 && eps.size(0) == logits.size(0), "epsilon_rows must be 1-D [N] with N=",
+                logits.size(0), ", got shape ", eps.sizes());
+    TORCH_CHECK(eps.scalar_type() == at::kFloat || eps.scalar_type() == at::kDouble,
+                "epsilon_rows must be float32 or float64, got ", eps.scalar_type());
+    TORCH_CHECK(eps.device() == logits.device(), "epsilon_rows is on ", eps.device(), " but logits are on ",
+                logits.device());
+  }
+  TORCH_CHECK(kind >= 0 && kind < kNumKinds, "kind must be a loss kind in [0, ", int(kNumKinds), "), got ", kind);
+  TORCH_CHECK(static_cast<int64_t>(params.size()) == num_params(static_cast<int>(kind)), "params: loss '",
+              kind_name(static_cast<int>(kind)), "' (kind ", kind, ") takes ", num_params(static_cast<int>(kind)),
+              " parameter(s) in spec order, got ", params.size());
+  if (kind == kBiTemp) {
+    const double iters = params[2];
+    TORCH_CHECK(iters >= 1 && iters <= 1000 && iters == static_cast<double>(static_cast<int64_t>(iters)),
+                "params: bitemp num_iters must be an integer in [1, 1000], got ", iters);
+  }
+  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum,
+              "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+}
+
+inline void check_scale_inputs(const at::Tensor& grad, const at::Tensor& grad_output) {
+  TORCH_CHECK(grad.dim() == 2 && grad.is_contiguous(), "grad must be a contiguous [N, K] tensor, got shape ",
+              grad.sizes());
+  TORCH_CHECK(grad_output.dim() == 0 || (grad_output.dim() == 1 && grad_output.size(0) == grad.size(0)),
+              "grad_output must be a scalar or [N] with N=", grad.size(0), ", got shape ", grad_output.sizes());
+  TORCH_CHECK(grad_output.is_floating_point(), "grad_output must be floating point, got ", grad_output.scalar_type());
+  TORCH_CHECK(grad_output.device() == grad.device(), "grad_output is on ", grad_output.device(), " but grad is on ",
+              grad.device());
+}
+
+// The loss is float64 for float64 logits and float32 otherwise (all math runs in fp32).
+inline at::ScalarType loss_dtype(at::ScalarType logits_dtype) {
+  return logits_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Logits are read through their row stride; only a column stride != 1 forces a copy.
+inline at::Tensor rows_unit_stride(const at::Tensor& logits) {
+  return logits.stride(1) == 1 || logits.size(1) == 1 ? logits : logits.contiguous();
+}
+
+}  // namespace rk
