@@ -98,24 +98,7 @@ def test_matches_float64_reference(name, dtype, k, eps_case):
         _assert_close(loss, grad, want_loss, want_grad * upstream.numpy()[:, None], dtype)
 
 
-# Non-default parameters: a default used by mistake, or parameters passed in the wrong order,
-# would pass the test above.
-OTHER_PARAMS = {
-    "mae": {"scale": 1.0},
-    "gce": {"q": 0.3},
-    "agce": {"a": 1.5, "q": 2.0},
-    "aul": {"a": 3.0, "q": 0.5},
-    "ael": {"a": 1.2},
-    "focal": {"gamma": 2.0},
-    "nfl": {"gamma": 1.3},
-    "rce": {"A": -4.0},
-    "sce": {"alpha": 6.0, "beta": 0.1, "A": -4.0},
-    "nce_mae": {"alpha": 10.0, "beta": 0.5},
-    "nf_mae": {"alpha": 2.0, "beta": 3.0, "gamma": 0.7},
-    "nce_rce": {"alpha": 10.0, "beta": 0.1, "A": -2.0},
-    "nce_agce": {"alpha": 50.0, "beta": 0.1, "a": 2.5, "q": 3.0},
-    "bitemp": {"t1": 0.5, "t2": 0.8, "num_iters": 5},
-}
+OTHER_PARAMS = independent.NON_DEFAULT_PARAMS
 BITEMP_CASES = [
     {"t1": 0.5, "t2": 1.5, "num_iters": 5},
     {"t1": 0.8, "t2": 1.2, "num_iters": 30},
