@@ -1,0 +1,67 @@
+"""The ``"triton"`` backend: the contract of :mod:`robustkernels.backends` on top of :mod:`.op`."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from ..specs import LossSpec
+
+__all__ = ["unavailable_reason", "robust_loss"]
+
+
+def _import_error() -> str | None:
+    try:
+        from . import op  # noqa: F401  (imports triton and registers the ops)
+    except ImportError as err:
+        return f"triton could not be imported ({err})"
+    return None
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """``None`` on CUDA devices when Triton imports, and on CPU only under ``TRITON_INTERPRET=1``."""
+    device = torch.device(device)
+    if device.type not in ("cuda", "cpu"):
+        return f"the triton backend runs on CUDA devices (and on CPU under TRITON_INTERPRET=1), not on {device.type}"
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type == "cpu" and not interpret:
+        return (
+            "the triton backend needs a CUDA device; CPU tensors run only in the Triton interpreter "
+            "(TRITON_INTERPRET=1)"
+        )
+    reason = _import_error()
+    if reason is not None:
+        return reason
+    from . import op
+
+    if device.type == "cpu" and not op.INTERPRETED:
+        return (
+            "TRITON_INTERPRET=1 was set after robustkernels.triton had compiled its kernels for the GPU; "
+            "set it before the first use of the triton backend to run on CPU"
+        )
+    return None
+
+
+def robust_loss(
+    logits: Tensor,
+    target: Tensor,
+    spec: LossSpec,
+    params: tuple[float, ...],
+    epsilon: float | Tensor,
+    reduction: str,
+    ignore_index: int,
+) -> Tensor:
+    """Backend contract (see :mod:`robustkernels.backends`): the fused loss, differentiable w.r.t. the
+    logits (and a per-row ``epsilon`` tensor). Without grad the forward-only op runs and no gradient
+    buffer is allocated."""
+    from . import op
+
+    eps_rows = epsilon if isinstance(epsilon, Tensor) else None
+    eps = 0.0 if eps_rows is not None else float(epsilon)
+    args = (logits, target, eps_rows, eps, spec.kind, [float(v) for v in params], int(ignore_index), reduction)
+    needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (eps_rows is not None and eps_rows.requires_grad))
+    if needs_grad:
+        return op.fused_loss_with_grad(*args)[0]
+    return op.fused_loss(*args)

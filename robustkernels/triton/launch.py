@@ -1,0 +1,93 @@
+"""Launch parameters for the kernels: a fixed heuristic keyed on ``K`` and the dtype.
+
+There was no GPU to autotune on when this was written, so the numbers below come from the usual
+register / bandwidth reasoning, not from measurements (GPU tuning belongs to the benchmark issue):
+
+* **Single pass** while the padded row ``BLOCK_K = next_pow2(K)`` fits ``MAX_SINGLE_PASS_BLOCK``
+  elements: a row tile lives in registers as fp32 (fp64 for fp64 input) whatever the input dtype,
+  and the kernels keep 3-4 tiles alive (logits, exponentials, gradient; NFL adds ``h``). At 8192
+  elements and 16 warps that is 16 values per thread per tile; ptxas for sm_90 reports 53-104
+  registers per thread (ce, nfl, bitemp; fp32 and bf16), no spills.
+  fp64 tiles take two registers per value, hence half the limit.
+* **Several rows per program** for small ``K``: a program handles ``ROWS`` rows so that a tile holds
+  about ``TARGET_TILE`` elements (at K = 7 one row of 8 lanes would leave most of a warp idle).
+  ``ROWS`` never exceeds the (power-of-two padded) number of rows. fp64 caps ``ROWS`` at 16: the
+  per-row math (series for expm1, bisection) in fp64 spilled registers at 128 rows (ptxas for
+  sm_90, measured by compiling, not by running).
+* **Warps** so that each thread holds ~8 elements of a tile: for bf16 that is one 16-byte vector
+  load per thread per row, for K = 1000 (two rows of 1024 lanes) 8 warps.
+* **Blocked** (column-tiled, two or more passes) beyond the single-pass limit, one row per program
+  with ``BLOCKED_BLOCK`` lanes per tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+__all__ = ["LaunchConfig", "forward_config", "rescale_config"]
+
+MAX_SINGLE_PASS_BLOCK = 8192
+MAX_SINGLE_PASS_BLOCK_FP64 = 4096
+BLOCKED_BLOCK = 4096
+BLOCKED_BLOCK_FP64 = 2048
+TARGET_TILE = 2048
+MAX_ROWS = 128
+MAX_ROWS_FP64 = 16
+ELEMENTS_PER_THREAD = 8
+MAX_WARPS = 16
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Compile-time tile shape and launch shape of one kernel call."""
+
+    rows: int  #: rows per program (``ROWS``)
+    block_k: int  #: lanes per row tile (``BLOCK_K``)
+    single_pass: bool  #: whole row in one tile
+    num_warps: int
+    grid_rows: int  #: programs along the rows
+    grid_cols: int = 1  #: programs along the columns (rescale kernel only)
+
+
+def _warps(tile_elements: int) -> int:
+    return max(1, min(MAX_WARPS, triton.next_power_of_2(tile_elements // (32 * ELEMENTS_PER_THREAD))))
+
+
+def _rows_for(block_k: int, num_rows: int, max_rows: int = MAX_ROWS) -> int:
+    return max(1, min(TARGET_TILE // block_k, max_rows, triton.next_power_of_2(max(num_rows, 1))))
+
+
+def forward_config(
+    num_rows: int, num_classes: int, dtype: torch.dtype, max_single_pass: int | None = None
+) -> LaunchConfig:
+    """Launch parameters of ``fused_loss_kernel`` for ``[num_rows, num_classes]`` logits of ``dtype``.
+
+    ``max_single_pass`` overrides the single-pass limit (tests use it to exercise the column-tiled
+    path at small ``K``).
+    """
+    fp64 = dtype == torch.float64
+    limit = max_single_pass or (MAX_SINGLE_PASS_BLOCK_FP64 if fp64 else MAX_SINGLE_PASS_BLOCK)
+    padded = triton.next_power_of_2(num_classes)
+    if padded <= limit:
+        rows = _rows_for(padded, num_rows, MAX_ROWS_FP64 if fp64 else MAX_ROWS)
+        return LaunchConfig(rows, padded, True, _warps(rows * padded), triton.cdiv(num_rows, rows))
+    block = min(BLOCKED_BLOCK_FP64 if fp64 else BLOCKED_BLOCK, triton.next_power_of_2(limit) // 2 or 1)
+    return LaunchConfig(1, block, False, _warps(block), num_rows)
+
+
+def rescale_config(num_rows: int, num_classes: int) -> LaunchConfig:
+    """Launch parameters of ``rescale_grad_kernel``: a 2-D grid of ~``TARGET_TILE``-element tiles
+    (it is elementwise, so large rows are split across programs)."""
+    block = min(triton.next_power_of_2(num_classes), TARGET_TILE)
+    rows = _rows_for(block, num_rows)
+    return LaunchConfig(
+        rows,
+        block,
+        block >= num_classes,
+        _warps(rows * block),
+        triton.cdiv(num_rows, rows),
+        triton.cdiv(num_classes, block),
+    )

@@ -1,0 +1,228 @@
+"""Input policy of the Triton backend: ignored / invalid rows, -inf and NaN logits, strides, label
+dtypes, per-row eps gradients, reductions, dtypes other than fp32/bf16, and huge bf16 logits.
+
+Everything is compared with the float64 reference on the same quantised inputs.
+"""
+
+import math
+
+import pytest
+import torch
+from _triton_cases import assert_rows_close, fp32_grad_rtol, make_inputs, reference_rows
+
+import robustkernels as rk
+from robustkernels.triton import backend as triton_backend
+from robustkernels.triton import kernels, op
+
+LOSS_NAMES = list(rk.LOSSES)
+
+
+def _backend_rows(logits, target, name, epsilon=0.0, reduction="none", ignore_index=-100, **params):
+    """The backend function itself (no CPU label check), as the kernels see the input."""
+    spec = rk.LOSSES[name]
+    return triton_backend.robust_loss(logits, target, spec, spec.resolve(params), epsilon, reduction, ignore_index)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_ignored_and_invalid_rows(name):
+    """Ignored rows: loss 0 and gradient 0 whatever they hold (NaN, inf); invalid labels: NaN loss
+    row and NaN gradient row, never an out-of-bounds access; the other rows are untouched."""
+    logits, target = make_inputs(6, 9, torch.float32)
+    with torch.no_grad():
+        logits[1] = float("nan")
+        logits[4, 2] = float("inf")
+    target[1] = -100
+    target[4] = -100
+    target[2] = 9  # == K: out of range
+    target[5] = -7
+    rows = _backend_rows(logits, target, name)
+    rows.sum().backward()
+    assert rows[1] == 0 and rows[4] == 0
+    assert torch.isnan(rows[2]) and torch.isnan(rows[5])
+    assert (logits.grad[[1, 4]] == 0).all()
+    assert torch.isnan(logits.grad[[2, 5]]).all()
+    good = torch.tensor([0, 3])
+    ref_rows, ref_grad = reference_rows(logits.detach()[good], target[good], name, rk.LOSSES[name].defaults, 0.0)
+    assert_rows_close(rows[good], ref_rows, 2e-5, f"{name} loss")
+    assert_rows_close(logits.grad[good], ref_grad, 2e-5, f"{name} grad")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reductions_with_ignored_rows(reduction):
+    logits, target = make_inputs(7, 30, torch.float32)
+    target[[0, 3]] = 5  # a custom ignore_index
+    loss = rk.robust_loss(logits, target, "nce_agce", reduction=reduction, ignore_index=5, backend="triton")
+    loss.backward()
+    z = logits.detach().double().requires_grad_()
+    ref = rk.robust_loss(z, target, "nce_agce", reduction=reduction, ignore_index=5, backend="torch")
+    ref.backward()
+    assert loss.shape == () and loss.dtype == torch.float32
+    assert_rows_close(loss.detach().reshape(1), ref.detach().reshape(1), 2e-5, "loss")
+    assert_rows_close(logits.grad, z.grad, 2e-5, "grad")
+    assert (logits.grad[[0, 3]] == 0).all()
+
+
+def test_all_rows_ignored_mean_is_nan_with_zero_gradient():
+    logits, target = make_inputs(3, 5, torch.float32)
+    target[:] = -100
+    loss = rk.robust_loss(logits, target, "gce", backend="triton")
+    loss.backward()
+    assert torch.isnan(loss)
+    assert (logits.grad == 0).all()
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_minus_inf_logits_at_non_label_positions(name):
+    """A -inf logit is a class with p = 0 (for nce/nfl: infinite normaliser, loss 0, gradient 0)."""
+    for k, max_single in ((10, None), (37, 16)):
+        logits, target = make_inputs(4, k, torch.float32)
+        target[:] = torch.tensor([0, 1, 2, 3])
+        with torch.no_grad():
+            logits[0, 5] = float("-inf")
+            logits[2, k - 1] = float("-inf")
+            logits[2, 4] = float("-inf")
+        op.max_single_pass_override = max_single
+        try:
+            rows = rk.robust_loss(logits, target, name, epsilon=1.0, reduction="none", backend="triton")
+            rows.sum().backward()
+        finally:
+            op.max_single_pass_override = None
+        ref_rows, ref_grad = reference_rows(logits, target, name, rk.LOSSES[name].defaults, 1.0)
+        assert torch.isfinite(ref_rows).all() and torch.isfinite(ref_grad).all()
+        assert_rows_close(rows, ref_rows, 2e-5, f"{name} K={k} loss")
+        assert_rows_close(logits.grad, ref_grad, fp32_grad_rtol(name, rk.LOSSES[name].defaults), f"{name} K={k} grad")
+        assert logits.grad[0, 5] == 0 and logits.grad[2, 4] == 0
+
+
+@pytest.mark.parametrize("name", ["ce", "nce", "nfl", "bitemp"])
+def test_nan_row_and_all_minus_inf_row_give_nan_loss(name):
+    logits, target = make_inputs(3, 12, torch.float32)
+    with torch.no_grad():
+        logits[0, 3] = float("nan")
+        logits[1] = float("-inf")
+    rows = rk.robust_loss(logits.detach(), target, name, reduction="none", backend="triton")
+    assert torch.isnan(rows[0]) and torch.isnan(rows[1]) and torch.isfinite(rows[2])
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_bf16_logits_of_magnitude_1e4(name):
+    gen = torch.Generator().manual_seed(3)
+    logits = (1e4 * torch.randn(4, 50, generator=gen)).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(0, 50, (4,), generator=gen)
+    target[0] = int(logits[0].float().argmax())  # one row with p_y = 1 exactly
+    rows = rk.robust_loss(logits, target, name, epsilon=2.0, reduction="none", backend="triton")
+    rows.sum().backward()
+    ref_rows, ref_grad = reference_rows(logits, target, name, rk.LOSSES[name].defaults, 2.0)
+    assert torch.isfinite(rows).all() and torch.isfinite(logits.grad.float()).all()
+    # atol: where p is one-hot, bitemp's -log_t(p_y) - (1 - sum p^(2-t1)) / (2-t1) is 0 up to the
+    # rounding of O(1) terms (the float64 reference gives 5.6e-16, fp32 gives 0).
+    assert_rows_close(rows, ref_rows, 2e-5, f"{name} loss", atol=1e-6)
+    # Rows whose reference gradient is exactly 0 (p one-hot) must be exactly 0 too.
+    zero_rows = (ref_grad == 0).all(dim=1)
+    assert (logits.grad[zero_rows] == 0).all()
+    # bitemp's implicit gradient w_j - s_j sum_k w_k subtracts O(1) terms when p is one-hot: fp32
+    # leaves 2^-24 (the pure-PyTorch reference run in fp32 gives the same 5.96e-8), hence an
+    # absolute floor of 4 ulp(1) there. Every other gradient is A (p - e_y) with p_y - 1 from expm1.
+    atol = 2.4e-7 if name == "bitemp" else 1e-30
+    if (~zero_rows).any():
+        assert_rows_close(logits.grad[~zero_rows], ref_grad[~zero_rows], 8e-3, f"{name} grad", atol=atol)
+
+
+def test_row_stride_is_read_in_place_and_column_stride_is_copied(monkeypatch):
+    seen = []
+    real_launcher = op._launcher
+
+    def recording_launcher(kernel):
+        launch = real_launcher(kernel)
+
+        class Grid:
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    if kernel is kernels.fused_loss_kernel:
+                        seen.append((args[0].data_ptr(), args[1]))
+                    return launch[grid](*args, **kwargs)
+
+                return run
+
+        return Grid()
+
+    monkeypatch.setattr(op, "_launcher", recording_launcher)
+    base = torch.randn(5, 40)
+    target = torch.randint(0, 33, (5,))
+    for logits in (base[:, 3:36], base[:, :33].t().contiguous().t()):  # row stride 40; column stride 5
+        x = logits.detach().requires_grad_()  # keeps the strides
+        rows = rk.robust_loss(x, target, "sce", reduction="none", backend="triton")
+        rows.sum().backward()
+        ref_rows, ref_grad = reference_rows(logits, target, "sce", rk.LOSSES["sce"].defaults, 0.0)
+        assert_rows_close(rows, ref_rows, 2e-5, "loss")
+        assert_rows_close(x.grad, ref_grad, 2e-5, "grad")
+    assert seen[0] == (base[:, 3:36].data_ptr(), 40), "a row-strided input must be read in place"
+    assert seen[1][1] == 33, "a column-strided input is copied to contiguous rows"
+
+
+def test_int32_and_misaligned_labels():
+    logits, target = make_inputs(6, 17, torch.float32)
+    padded = torch.cat([torch.tensor([0]), target])  # target view at an 8-byte (not 16-byte) offset
+    for labels in (target.int(), padded[1:], torch.stack([target, target], 1)[:, 0]):
+        x = logits.detach().clone().requires_grad_()
+        rows = rk.robust_loss(x, labels, "nfl", reduction="none", backend="triton")
+        rows.sum().backward()
+        ref_rows, ref_grad = reference_rows(logits, target, "nfl", rk.LOSSES["nfl"].defaults, 0.0)
+        assert_rows_close(rows, ref_rows, 2e-5, f"loss {labels.dtype} {labels.stride()}")
+        assert_rows_close(x.grad, ref_grad, 2e-5, f"grad {labels.dtype} {labels.stride()}")
+
+
+@pytest.mark.parametrize("name", ["gce", "nce_agce", "nf_mae", "bitemp"])
+def test_per_row_epsilon_gradient(name):
+    logits, target = make_inputs(5, 11, torch.float32)
+    eps = torch.tensor([0.0, 1.0, 2.5, -1.0, 4.0], dtype=torch.float64, requires_grad=True)
+    target[2] = -100
+    rows = rk.robust_loss(logits, target, name, epsilon=eps, reduction="none", backend="triton")
+    (rows * torch.arange(1.0, 6.0)).sum().backward()
+    z = logits.detach().double().requires_grad_()
+    eps_ref = eps.detach().clone().requires_grad_()
+    ref = rk.robust_loss(z, target, name, epsilon=eps_ref, reduction="none", backend="torch")
+    (ref * torch.arange(1.0, 6.0, dtype=torch.float64)).sum().backward()
+    assert eps.grad.dtype == torch.float64 and eps.grad[2] == 0
+    assert_rows_close(eps.grad, eps_ref.grad, 2e-5, "eps grad")
+    assert_rows_close(logits.grad, z.grad, 2e-5, "logits grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=["fp16", "fp64"])
+@pytest.mark.parametrize("name", ["ce", "agce", "nce", "nf_mae", "bitemp"])
+def test_other_dtypes(name, dtype):
+    """fp16 computes in fp32 (gradient rounded once to fp16: 2^-11); fp64 computes in fp64 (only the
+    hyper-parameters and scalar eps are rounded to fp32 on their way into the kernel)."""
+    params = {**rk.LOSSES[name].defaults, **({"t2": 0.8} if name == "bitemp" else {})}
+    for k in (7, 300):
+        logits, target = make_inputs(4, k, dtype)
+        rows = rk.robust_loss(logits, target, name, epsilon=0.5, reduction="none", backend="triton", **params)
+        rows.sum().backward()
+        ref_rows, ref_grad = reference_rows(logits, target, name, params, 0.5)
+        expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        assert rows.dtype == expected_dtype and logits.grad.dtype == dtype
+        rtol = 1e-6 if dtype == torch.float64 else 2e-3
+        assert_rows_close(rows, ref_rows, 1e-6 if dtype == torch.float64 else 2e-5, f"{name} loss")
+        assert_rows_close(logits.grad, ref_grad, rtol, f"{name} grad")
+
+
+def test_fp64_is_computed_in_fp64():
+    """A loss difference far below fp32 resolution survives: the math is not done in fp32."""
+    logits, target = make_inputs(2, 5, torch.float64)
+    bumped = logits.detach().clone()
+    bumped[:, 0] += 1e-12
+    a = rk.robust_loss(logits.detach(), target, "ce", reduction="none", backend="triton")
+    b = rk.robust_loss(bumped, target, "ce", reduction="none", backend="triton")
+    ref_a = rk.robust_loss(logits.detach(), target, "ce", reduction="none", backend="torch")
+    ref_b = rk.robust_loss(bumped, target, "ce", reduction="none", backend="torch")
+    assert_rows_close((b - a)[:, None], (ref_b - ref_a)[:, None], 1e-3, "fp64 difference")
+    assert (b != a).all()
+
+
+def test_empty_batch():
+    logits = torch.zeros(0, 4, requires_grad=True)
+    target = torch.zeros(0, dtype=torch.long)
+    assert rk.robust_loss(logits, target, "mae", reduction="sum", backend="triton") == 0
+    loss = rk.robust_loss(logits, target, "mae", backend="triton")
+    loss.backward()
+    assert math.isnan(loss.item()) and logits.grad.shape == (0, 4)

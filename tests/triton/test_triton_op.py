@@ -1,0 +1,262 @@
+"""The torch.library ops: opcheck, torch.compile, the backward's traffic, repeated backward, the
+forward-only path, availability messages, and which kernel arguments are compile-time constants."""
+
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from _triton_cases import assert_rows_close, make_inputs, reference_rows
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import robustkernels as rk
+from robustkernels.triton import backend as triton_backend
+from robustkernels.triton import kernels, op
+
+
+def _op_args(logits, target, name, eps=0.5, eps_rows=None, reduction="mean", ignore_index=-100):
+    spec = rk.LOSSES[name]
+    return (logits, target, eps_rows, eps, spec.kind, list(spec.resolve({})), ignore_index, reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_opcheck_with_grad(reduction):
+    logits, target = make_inputs(4, 9, torch.float32)
+    target[1] = -100
+    eps_rows = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    for name, eps_arg in (("nce_agce", None), ("bitemp", eps_rows)):
+        args = _op_args(logits, target, name, eps_rows=eps_arg, reduction=reduction)
+        torch.library.opcheck(op.fused_loss_with_grad, args)
+
+
+def test_opcheck_forward_only():
+    logits, target = make_inputs(4, 9, torch.bfloat16)
+    torch.library.opcheck(op.fused_loss, _op_args(logits.detach(), target, "focal", reduction="sum"))
+
+
+def test_torch_compile_fullgraph():
+    """fullgraph=True: no graph break from the backend (aot_eager keeps CPU CI fast; on a GPU the
+    ops are triton_ops that Inductor sees through)."""
+    torch._dynamo.reset()
+    linear = torch.nn.Linear(6, 11)
+    x = torch.randn(8, 6)
+    target = torch.randint(0, 11, (8,))
+    spec = rk.LOSSES["gce"]
+
+    def step(x, target):
+        logits = linear(x)
+        return triton_backend.robust_loss(logits, target, spec, spec.resolve({"q": 0.48}), 1.3, "mean", -100)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(x, target)
+    loss.backward()
+    grads = [p.grad.clone() for p in linear.parameters()]
+    linear.zero_grad()
+    eager = step(x, target)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    for got, want in zip(grads, [p.grad for p in linear.parameters()]):
+        torch.testing.assert_close(got, want)
+
+
+class _RecordOps(TorchDispatchMode):
+    """Records (op name, output shape, output storage pointer) of every aten op."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.paused = False  # inside a kernel launch: the interpreter copies its arguments around
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        first = out if isinstance(out, torch.Tensor) else None
+        if first is not None and not self.paused:
+            self.calls.append((str(func), tuple(first.shape), first.untyped_storage().data_ptr()))
+        return out
+
+
+def test_mean_backward_is_one_read_one_write(monkeypatch):
+    """loss.backward() on a mean loss: the gradient the forward kernel wrote becomes logits.grad as
+    is (same storage, no copy: no aten op of the backward produces an [N, K] tensor in other
+    storage, nor writes into it in place), and the rescale kernel (grad_output == 1) leaves it alone."""
+    buffers = []
+    launches = []
+    real_forward = op._forward
+    real_rescale = op._rescale_in_place
+
+    def recording_forward(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        buffers.append((out[1].data_ptr(), out[1].clone()))
+        return out
+
+    recorder = _RecordOps()
+
+    def recording_rescale(grad, grad_output):
+        launches.append(grad.data_ptr())
+        recorder.paused = True
+        try:
+            return real_rescale(grad, grad_output)
+        finally:
+            recorder.paused = False
+
+    monkeypatch.setattr(op, "_forward", recording_forward)
+    monkeypatch.setattr(op, "_rescale_in_place", recording_rescale)
+    logits, target = make_inputs(6, 20, torch.bfloat16)
+    loss = rk.robust_loss(logits, target, "nce_mae", epsilon=1.0, backend="triton")
+    with recorder:
+        loss.backward()
+    ((ptr, written),) = buffers
+    assert launches == [ptr]
+    assert logits.grad.data_ptr() == ptr, "the forward buffer must become .grad without a copy"
+    assert torch.equal(logits.grad, written), "grad_output == 1 must leave the buffer untouched"
+    copies = [c for c in recorder.calls if c[1] == (6, 20) and c[2] != ptr]
+    writes = [c for c in recorder.calls if c[2] == ptr and c[0].split(".")[1].endswith("_") and "set_" not in c[0]]
+    assert not copies and not writes, f"backward moved [N, K] data outside the rescale kernel: {copies} {writes}"
+
+
+def test_backward_scaling_and_retain_graph():
+    logits, target = make_inputs(5, 13, torch.float32)
+    ref_rows, ref_grad = reference_rows(logits, target, "agce", rk.LOSSES["agce"].defaults, 0.7)
+    loss = rk.robust_loss(logits, target, "agce", epsilon=0.7, reduction="sum", backend="triton")
+    for scale in (1.0, 3.0, -0.5, 1.0):
+        logits.grad = None
+        loss.backward(torch.tensor(scale), retain_graph=True)
+        assert_rows_close(logits.grad, scale * ref_grad, 2e-5, f"scale {scale}")
+    rows = rk.robust_loss(logits, target, "agce", epsilon=0.7, reduction="none", backend="triton")
+    for seed in range(3):
+        upstream = torch.randn(5, generator=torch.Generator().manual_seed(seed))
+        logits.grad = None
+        rows.backward(upstream, retain_graph=True)
+        assert_rows_close(logits.grad, upstream.double()[:, None] * ref_grad, 2e-5, f"rows {seed}")
+
+
+def test_zero_upstream_then_another_backward_is_nan_not_wrong():
+    """After a first grad_output of 0 the buffer holds zeros and cannot be rescaled: a later backward
+    with a different grad_output gives NaN (documented) rather than a silently wrong gradient."""
+    logits, target = make_inputs(3, 7, torch.float32)
+    loss = rk.robust_loss(logits, target, "mae", backend="triton")
+    loss.backward(torch.tensor(0.0), retain_graph=True)
+    assert (logits.grad == 0).all()
+    logits.grad = None
+    loss.backward(torch.tensor(0.0), retain_graph=True)
+    assert (logits.grad == 0).all()
+    logits.grad = None
+    loss.backward(torch.tensor(2.0))
+    assert torch.isnan(logits.grad).all()
+
+
+def test_gradient_returned_earlier_is_not_modified_by_a_later_backward():
+    logits, target = make_inputs(3, 7, torch.float32)
+    hooked = []
+    z = logits * 1.0  # a non-leaf, so the hook sees the tensor the backward returns
+    z.register_hook(lambda g: hooked.append(g))
+    loss = rk.robust_loss(z, target, "gce", backend="triton")
+    loss.backward(torch.tensor(2.0), retain_graph=True)
+    first = hooked[0].clone()
+    loss.backward(torch.tensor(5.0))
+    assert torch.equal(hooked[0], first)
+    torch.testing.assert_close(hooked[1], first * 2.5)
+
+
+def test_forward_only_path_allocates_no_gradient(monkeypatch):
+    calls = []
+    real_forward = op._forward
+
+    def recording_forward(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        calls.append((kwargs["with_grad"], out[1].numel()))
+        return out
+
+    monkeypatch.setattr(op, "_forward", recording_forward)
+    logits, target = make_inputs(4, 30, torch.float32)
+    with torch.no_grad():
+        a = rk.robust_loss(logits, target, "nfl", backend="triton")
+    b = rk.robust_loss(logits.detach(), target, "nfl", backend="triton")
+    c = rk.robust_loss(logits, target, "nfl", backend="triton")
+    assert calls == [(False, 0), (False, 0), (True, 4 * 30)]
+    assert not a.requires_grad and not b.requires_grad and c.requires_grad
+    assert torch.equal(a, b) and torch.equal(a, c.detach())
+
+
+def test_hyper_parameters_and_eps_are_runtime_arguments():
+    """Only the loss kind, static feature flags and tile shapes are compile-time constants: a new q,
+    gamma, t2, num_iters or eps reuses the compiled kernel."""
+    fn = kernels.fused_loss_kernel.fn
+    constexprs = {name for name, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
+    assert constexprs == {
+        "KIND",
+        "LOGP_SUM",
+        "FOCAL_SUMS",
+        "EPS_PER_ROW",
+        "HAS_GRAD",
+        "HAS_INV_COUNT",
+        "FP64",
+        "ROWS",
+        "BLOCK_K",
+        "SINGLE_PASS",
+    }
+    runtime = {"eps_scalar", "scale", "q", "a", "gamma", "rce_a", "alpha", "beta", "t1", "t2", "num_iters"}
+    assert runtime <= set(inspect.signature(fn).parameters)
+
+
+def test_every_spec_parameter_reaches_the_kernel():
+    for spec in rk.LOSSES.values():
+        values = [0.25 + i for i in range(len(spec.params))]
+        named = op._kernel_params(spec.kind, values)
+        for p, v in zip(spec.params, values):
+            arg = op._KERNEL_ARGS.get(p.name) or op._INT_KERNEL_ARGS[p.name]
+            assert named[arg] == (int(v) if p.integer else v), (spec.name, p.name)
+
+
+def test_unavailable_reasons():
+    assert triton_backend.unavailable_reason(torch.device("cpu")) is None  # interpreter (conftest)
+    assert "cuda" in triton_backend.unavailable_reason(torch.device("meta")).lower()
+    assert rk.backends.unavailable_reason("triton", torch.device("cpu")) is None
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = textwrap.dedent(
+        """
+        import torch
+        from robustkernels.triton import backend
+        print(backend.unavailable_reason(torch.device("cpu")))
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "TRITON_INTERPRET=1" in res.stdout and "CUDA" in res.stdout
+
+
+def test_through_public_api_matches_reference():
+    logits, target = make_inputs(6, 100, torch.float32)
+    loss = rk.robust_loss(logits, target, "nf_mae", epsilon="auto", backend="triton", gamma=1.5, beta=0.3)
+    loss.backward()
+    z = logits.detach().double().requires_grad_()
+    ref = rk.robust_loss(z, target, "nf_mae", epsilon="auto", backend="torch", gamma=1.5, beta=0.3)
+    ref.backward()
+    assert_rows_close(loss.detach().reshape(1), ref.detach().reshape(1), 2e-5, "loss")
+    assert_rows_close(logits.grad, z.grad, 2e-5, "grad")
+
+
+def test_interpreter_works_when_triton_was_imported_first():
+    """torchvision (and others) import Triton before a test can set TRITON_INTERPRET=1; only the
+    kernels' own import has to follow the variable."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = textwrap.dedent(
+        """
+        import os
+        import triton, triton.language  # compiled-mode standard library
+        os.environ["TRITON_INTERPRET"] = "1"
+        import torch, robustkernels as rk
+        x = torch.randn(3, 40, requires_grad=True)
+        y = torch.tensor([0, 5, 39])
+        loss = rk.robust_loss(x, y, "nf_mae", backend="triton")
+        loss.backward()
+        ref = rk.robust_loss(x.detach(), y, "nf_mae", backend="torch")
+        torch.testing.assert_close(loss.detach(), ref)
+        print("ok")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
