@@ -75,7 +75,9 @@ def extensions():
     use_cuda = _use_cuda()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fdiagnostics-color=always", "-Wno-unknown-pragmas"]  # ATen vec headers: #pragma unroll
+    # -fopenmp: at::parallel_for is inline and runs serially unless the extension itself is
+    # compiled with OpenMP (ATen/ParallelOpenMP.h is guarded by _OPENMP).
+    cxx += ["-fdiagnostics-color=always", "-Wno-unknown-pragmas", "-fopenmp"]  # vec headers: #pragma unroll
     if platform.machine().lower() in ("x86_64", "amd64"):
         # Selects ATen's AVX2 Vectorized specialisations (inline namespace at::vec::AVX2).
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
@@ -98,6 +100,7 @@ def extensions():
             sources,
             include_dirs=include_dirs,
             extra_compile_args=extra,
+            extra_link_args=["-fopenmp"],
         )
     ]
 

@@ -39,6 +39,16 @@
 
 namespace rk {
 
+// The identity f / g of the Row interface, as a named type: a Row may recognise it and answer
+// from work it has already done (the CPU Row takes the max while it copies the row, and the
+// sum of the others while it remembers), so these reductions cost no extra pass.
+struct Identity {
+  template <class V>
+  RK_HD V operator()(const V& v) const {
+    return v;
+  }
+};
+
 // Loss kinds: must equal LossSpec.kind in robustkernels/specs.py (tests compare kind_name()).
 enum Kind : int {
   kCE = 0,
@@ -131,6 +141,9 @@ struct Ops;
 template <>
 struct Ops<float> {
   static RK_HD float exp(float x) { return ::expf(x); }
+  // exp(a - max(row)), x in [-inf, 0]. A vector backend may use a cheaper exp here whose NaN
+  // input gives an unspecified value: a NaN logit reaches every result through the row max.
+  static RK_HD float exp_shifted(float x) { return ::expf(x); }
   static RK_HD float log(float x) { return ::logf(x); }
   static RK_HD float expm1(float x) { return ::expm1f(x); }
   static RK_HD float log1p(float x) { return ::log1pf(x); }
@@ -143,6 +156,7 @@ struct Ops<float> {
 template <>
 struct Ops<double> {
   static RK_HD double exp(double x) { return ::exp(x); }
+  static RK_HD double exp_shifted(double x) { return ::exp(x); }
   static RK_HD double log(double x) { return ::log(x); }
   static RK_HD double expm1(double x) { return ::expm1(x); }
   static RK_HD double log1p(double x) { return ::log1p(x); }
@@ -330,14 +344,14 @@ RK_HD T log_partition(Row& row, T m, T a_y) {
 template <class T, bool kMayBeFocal = true, class Row>
 RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T scale) {
   using O = Ops<T>;
-  const T m = row.max_of([](auto a) { return a; });
+  const T m = row.max_of(Identity{});
   // As log_partition below, with exp(a_k - m) remembered for the gradient.
   auto exp_shifted = [m](auto a) {
     using V = decltype(a);
-    return Ops<V>::exp(a - V(m));
+    return Ops<V>::exp_shifted(a - V(m));
   };
   row.remember(exp_shifted);
-  const T others = row.sum_others_remembered(exp_shifted, [](auto e) { return e; });
+  const T others = row.sum_others_remembered(exp_shifted, Identity{});
   const T log_s = a_y == m ? O::log1p(others) : O::log(O::exp(a_y - m) + others);
   const T lse = m + log_s;
   RowStats<T> st;
@@ -454,7 +468,7 @@ RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
   using O = Ops<T>;
   const T t1 = prm[0], t2 = prm[1];
   const int num_iters = static_cast<int>(prm[2]);
-  const T mu = row.max_of([](auto a) { return a; });
+  const T mu = row.max_of(Identity{});
   const T lam = bitemp_normalization(row, mu, a_y, t2, num_iters);
   // log p_k, re-derived from a_k in each pass. (a - mu) - lam, not a - (mu + lam): the sum
   // would round a tiny lam away and with it 1 - p_y.

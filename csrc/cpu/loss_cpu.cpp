@@ -30,6 +30,15 @@ struct CpuRow {
   int64_t K;
   int64_t y;
   scalar_t* grad;
+  T max_value;                  // max_j a_j, taken by copy_biased_row while it wrote a
+  mutable T others_sum = T(0);  // sum_{j != y} e_j, taken by remember() while it wrote e
+
+  // Answered from the copy pass and the remember pass: no extra pass over the row.
+  T max_of(Identity) const { return max_value; }
+  template <class F>
+  T sum_others_remembered(const F&, Identity) const {
+    return others_sum;
+  }
 
   template <class F>
   T sum_range(const F& f, const T* src, int64_t lo, int64_t hi) const {
@@ -43,11 +52,34 @@ struct CpuRow {
     for (; j < hi; ++j) total += f(src[j]);
     return total;
   }
+  // e_j = f(a_j) into the cache, summing the e_j of the other classes on the way (the label
+  // lane is zeroed in the sum, not subtracted afterwards: others must keep its relative
+  // accuracy when p_y -> 1, where log p_y = -log1p(others)).
   template <class F>
   void remember(const F& f) const {
+    Vec acc(T(0));
+    const int64_t label_block = y - y % kLanes;
     int64_t j = 0;
-    for (; j + kLanes <= K; j += kLanes) f(Vec::loadu(a + j)).store(cache + j);
-    for (; j < K; ++j) cache[j] = f(a[j]);
+    for (; j + kLanes <= K; j += kLanes) {
+      Vec e = f(Vec::loadu(a + j));
+      e.store(cache + j);
+      if (j == label_block) {
+        T lanes[kLanes];
+        e.store(lanes);
+        lanes[y - j] = T(0);
+        e = Vec::loadu(lanes);
+      }
+      acc = acc + e;
+    }
+    T lanes[kLanes];
+    acc.store(lanes);
+    T total = T(0);
+    for (int64_t i = 0; i < kLanes; ++i) total += lanes[i];
+    for (; j < K; ++j) {
+      cache[j] = f(a[j]);
+      if (j != y) total += cache[j];
+    }
+    others_sum = total;
   }
   template <class F, class G>
   T sum_remembered(const F&, const G& g) const {
@@ -103,6 +135,40 @@ struct CpuRow {
   }
 };
 
+// a_j = z_j + bias [j == y] into `out` in the compute type; returns max_j a_j (NaN if the row
+// holds a NaN), taken in the same pass.
+template <class T, class scalar_t>
+T copy_biased_row(const scalar_t* z, int64_t K, int64_t y, T bias, T* out) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t kLanes = Vec::size();
+  if constexpr (!std::is_same_v<scalar_t, T>) {
+    for (int64_t j = 0; j < K; ++j) out[j] = static_cast<T>(z[j]);
+    out[y] += bias;
+    return CpuRow<T, scalar_t>{out, nullptr, K, y, nullptr, T(0)}.max_of([](auto a) { return a; });
+  } else {
+    Vec acc(-std::numeric_limits<T>::infinity());
+    const int64_t label_block = y - y % kLanes;
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) {
+      Vec v = Vec::loadu(z + j);
+      if (j == label_block) {
+        v.store(out + j);
+        out[y] += bias;
+        v = Vec::loadu(out + j);
+      }
+      v.store(out + j);
+      acc = at::vec::maximum(acc, v);
+    }
+    for (; j < K; ++j) out[j] = z[j] + (j == y ? bias : T(0));
+    T lanes[kLanes];
+    acc.store(lanes);
+    T best = lanes[0];
+    for (int64_t i = 1; i < kLanes; ++i) best = Ops<T>::max(best, lanes[i]);
+    for (j = K - K % kLanes; j < K; ++j) best = Ops<T>::max(best, out[j]);
+    return best;
+  }
+}
+
 template <class scalar_t, class label_t>
 void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::Tensor* eps_rows, double epsilon,
                   int kind, c10::ArrayRef<double> params, int64_t ignore_index, at::opmath_type<scalar_t> scale,
@@ -132,10 +198,9 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
         if (grad_row) std::fill(grad_row, grad_row + K, static_cast<scalar_t>(fill));
         continue;
       }
-      const scalar_t* z_row = z + i * row_stride;
-      for (int64_t j = 0; j < K; ++j) buffer[j] = static_cast<T>(z_row[j]);
-      buffer[label] += eps ? eps[i] : static_cast<T>(epsilon);
-      CpuRow<T, scalar_t> row{buffer.data(), buffer.data() + K, K, label, grad_row};
+      const T bias = eps ? eps[i] : static_cast<T>(epsilon);
+      const T row_max = copy_biased_row<T>(z + i * row_stride, K, label, bias, buffer.data());
+      CpuRow<T, scalar_t> row{buffer.data(), buffer.data() + K, K, label, grad_row, row_max};
       out[i] = row_forward<T>(row, kind, prm, buffer[label], grad_row != nullptr, scale);
     }
   });

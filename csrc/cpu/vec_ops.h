@@ -1,9 +1,13 @@
 // Ops<Vectorized<T>>: the elementwise operations of loss_math.h on ATen's SIMD vectors, so
-// the CPU kernel evaluates the shared formulas a whole vector at a time (Sleef exp/log).
+// the CPU kernel evaluates the shared formulas a whole vector at a time (exp_avx2.h for float
+// exp, Sleef for the rest).
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
 
+#include <type_traits>
+
+#include "cpu/exp_avx2.h"
 #include "loss_math.h"
 
 namespace rk {
@@ -11,9 +15,20 @@ namespace rk {
 template <class T>
 struct Ops<at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
-  // Sleef's u10 exp, not exp_u20: exp_u20 clamps its input, which turns NaN into a finite
-  // number and +inf into FLT_MAX; a NaN logit must poison its row.
-  static V exp(const V& x) { return x.exp(); }
+  static V exp(const V& x) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(exp_avx2(x));
+#endif
+    // Sleef's u10 exp, not ATen's exp_u20: exp_u20 clamps its input, which turns NaN into a
+    // finite number and +inf into FLT_MAX; a NaN logit must poison its row.
+    return x.exp();
+  }
+  static V exp_shifted(const V& x) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(exp_nonpositive_avx2(x));
+#endif
+    return x.exp();
+  }
   static V log(const V& x) { return x.log(); }
   static V expm1(const V& x) { return x.expm1(); }
   static V log1p(const V& x) { return x.log1p(); }
