@@ -195,14 +195,47 @@ RK_HD V focal_weight(V lp, T gamma) {
   return O::exp(V(gamma) * O::log(V(T(0)) - O::expm1(lp)));
 }
 
+// h from log p, p and w = (1 - p)^gamma already at hand.
 template <class V, class T>
-RK_HD V focal_h(V lp, T gamma) {
+RK_HD V focal_h_from(V lp, V p, V w, T gamma) {
   using O = Ops<V>;
-  const V p = O::exp(lp);
   const V one_minus_p = V(T(0)) - O::expm1(lp);
   V ratio = O::select_gt(one_minus_p, V(T(0)), p * lp / one_minus_p, V(T(-1)));
   ratio = O::select_gt(p, V(T(0)), ratio, V(T(0)));
-  return focal_weight(lp, gamma) * (V(T(1)) - V(gamma) * ratio);
+  return w * (V(T(1)) - V(gamma) * ratio);
+}
+
+template <class V, class T>
+RK_HD V focal_h(V lp, T gamma) {
+  return focal_h_from(lp, Ops<V>::exp(lp), focal_weight(lp, gamma), gamma);
+}
+
+// The two row sums of the NFL family, sum_k focal_k and sum_k h_k, and its gradient pass
+// grad_j = c_p p_j + c_1 + c_h h_j. These defaults go through the Row interface and recompute
+// the focal terms in each pass; a Row may overload them (found by argument-dependent lookup)
+// to compute them once -- the CPU Row does, keeping h_j for the gradient pass.
+template <class T, class Row>
+RK_HD void focal_sums(Row& row, T lse, T log_s, T gamma, T& focal_sum, T& h_sum) {
+  focal_sum = row.sum_of([lse, gamma](auto a) {
+    using V = decltype(a);
+    const V lp = a - V(lse);
+    return V(T(0)) - focal_weight(lp, gamma) * lp;
+  });
+  h_sum = row.sum_of([lse, gamma](auto a) {
+    using V = decltype(a);
+    return focal_h(a - V(lse), gamma);
+  });
+}
+
+template <class T, class Row>
+RK_HD void write_focal_grad(Row& row, T lse, T log_s, T gamma, T c_p, T c_1, T c_h, T g_y) {
+  row.write_grad(
+      [lse, c_p, c_1, c_h, gamma](auto a) {
+        using V = decltype(a);
+        const V lp = a - V(lse);
+        return Ops<V>::exp(lp) * V(c_p) + V(c_1) + V(c_h) * focal_h(lp, gamma);
+      },
+      g_y);
 }
 
 // ---- per-row scalars of the label family and the focal family --------------------------------
@@ -367,15 +400,7 @@ RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T sca
   const bool focal = kMayBeFocal && family_of(kind) == kFocalFamily;
   const T gamma = focal ? prm[focal_gamma_index(kind)] : T(0);
   if (focal) {
-    st.focal_sum = row.sum_of([lse, gamma](auto a) {
-      using V = decltype(a);
-      const V lp = a - V(lse);
-      return V(T(0)) - focal_weight(lp, gamma) * lp;
-    });
-    st.focal_hsum = row.sum_of([lse, gamma](auto a) {
-      using V = decltype(a);
-      return focal_h(a - V(lse), gamma);
-    });
+    focal_sums(row, lse, log_s, gamma, st.focal_sum, st.focal_hsum);
     // log p_k == -inf  <=>  -(a_k - lse) > max finite (false for NaN, which must stay NaN).
     st.any_zero = row.max_of([lse](auto a) {
       using V = decltype(a);
@@ -388,13 +413,7 @@ RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T sca
     T g_y = scale * (c.pm * O::expm1(st.lpy) + c.p * O::exp(st.lpy) + c.one);
     if (focal) {
       g_y += c_h * focal_h(st.lpy, gamma);
-      row.write_grad(
-          [lse, c_p, c_1, c_h, gamma](auto a) {
-            using V = decltype(a);
-            const V lp = a - V(lse);
-            return Ops<V>::exp(lp) * V(c_p) + V(c_1) + V(c_h) * focal_h(lp, gamma);
-          },
-          g_y);
+      write_focal_grad(row, lse, log_s, gamma, c_p, c_1, c_h, g_y);
     } else {
       const T c_e = c_p * O::exp(-log_s);  // p_j = exp(a_j - m) / s
       row.write_grad_remembered(

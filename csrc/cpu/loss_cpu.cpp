@@ -32,6 +32,7 @@ struct CpuRow {
   scalar_t* grad;
   T max_value;                  // max_j a_j, taken by copy_biased_row while it wrote a
   mutable T others_sum = T(0);  // sum_{j != y} e_j, taken by remember() while it wrote e
+  T* aux = nullptr;             // h_j of the NFL family (focal_sums below)
 
   // Answered from the copy pass and the remember pass: no extra pass over the row.
   T max_of(Identity) const { return max_value; }
@@ -135,6 +136,58 @@ struct CpuRow {
   }
 };
 
+// NFL family in two passes instead of recomputing the focal terms in each (loss_math.h's
+// defaults): one pass forms w_j = (1 - p_j)^gamma, focal_j and h_j once, with p_j = e_j / s from
+// the remembered e_j = exp(a_j - m), and keeps h_j; the gradient pass is then arithmetic only.
+template <class T, class S>
+void focal_sums(CpuRow<T, S>& row, T lse, T log_s, T gamma, T& focal_sum, T& h_sum) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t kLanes = Vec::size();
+  const T inv_s = std::exp(-log_s);
+  auto terms = [lse, inv_s, gamma](auto a, auto e, auto& focal) {
+    using V = decltype(a);
+    const V lp = a - V(lse);
+    const V w = focal_weight(lp, gamma);
+    focal = V(T(0)) - w * lp;
+    return focal_h_from(lp, e * V(inv_s), w, gamma);
+  };
+  Vec acc_focal(T(0)), acc_h(T(0));
+  int64_t j = 0;
+  for (; j + kLanes <= row.K; j += kLanes) {
+    Vec focal;
+    const Vec h = terms(Vec::loadu(row.a + j), Vec::loadu(row.cache + j), focal);
+    h.store(row.aux + j);
+    acc_focal = acc_focal + focal;
+    acc_h = acc_h + h;
+  }
+  T lanes_f[kLanes], lanes_h[kLanes];
+  acc_focal.store(lanes_f);
+  acc_h.store(lanes_h);
+  focal_sum = T(0);
+  h_sum = T(0);
+  for (int64_t i = 0; i < kLanes; ++i) focal_sum += lanes_f[i], h_sum += lanes_h[i];
+  for (; j < row.K; ++j) {
+    T focal;
+    row.aux[j] = terms(row.a[j], row.cache[j], focal);
+    focal_sum += focal;
+    h_sum += row.aux[j];
+  }
+}
+
+template <class T, class S>
+void write_focal_grad(CpuRow<T, S>& row, T lse, T log_s, T gamma, T c_p, T c_1, T c_h, T g_y) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t kLanes = Vec::size();
+  const T c_e = c_p * std::exp(-log_s);  // p_j = e_j / s
+  int64_t j = 0;
+  for (; j + kLanes <= row.K; j += kLanes) {
+    const Vec g = Vec::loadu(row.cache + j) * Vec(c_e) + Vec(c_1) + Vec(c_h) * Vec::loadu(row.aux + j);
+    g.store(row.aux + j);
+  }
+  for (; j < row.K; ++j) row.aux[j] = row.cache[j] * c_e + c_1 + c_h * row.aux[j];
+  row.write_range(Identity{}, row.aux, g_y);
+}
+
 // a_j = z_j + bias [j == y] into `out` in the compute type; returns max_j a_j (NaN if the row
 // holds a NaN), taken in the same pass.
 template <class T, class scalar_t>
@@ -186,7 +239,7 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
   const T nan = std::numeric_limits<T>::quiet_NaN();
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer(2 * K);  // the row, then the values of remember()
+    std::vector<T> buffer(3 * K);  // the row, the values of remember(), the NFL family's h_j
     for (int64_t i = begin; i < end; ++i) {
       const int64_t label = static_cast<int64_t>(labels[i * label_stride]);
       scalar_t* grad_row = grad ? grad + i * K : nullptr;
@@ -201,6 +254,7 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
       const T bias = eps ? eps[i] : static_cast<T>(epsilon);
       const T row_max = copy_biased_row<T>(z + i * row_stride, K, label, bias, buffer.data());
       CpuRow<T, scalar_t> row{buffer.data(), buffer.data() + K, K, label, grad_row, row_max};
+      row.aux = buffer.data() + 2 * K;
       out[i] = row_forward<T>(row, kind, prm, buffer[label], grad_row != nullptr, scale);
     }
   });
