@@ -22,6 +22,7 @@ import platform
 import torch
 from torch import Tensor
 
+from .reference import compute_dtype
 from .specs import LossSpec
 
 __all__ = ["unavailable_reason", "robust_loss", "REDUCTION_CODES"]
@@ -64,10 +65,6 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"no native kernel for device type {device.type!r}"
 
 
-def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _fake_loss_forward(
     logits: Tensor,
     target: Tensor,
@@ -81,7 +78,7 @@ def _fake_loss_forward(
 ) -> tuple[Tensor, Tensor]:
     n, k = logits.shape
     loss_shape = (n,) if reduction == REDUCTION_CODES["none"] else ()
-    loss = logits.new_empty(loss_shape, dtype=_loss_dtype(logits.dtype))
+    loss = logits.new_empty(loss_shape, dtype=compute_dtype(logits.dtype))
     grad = logits.new_empty((n, k) if compute_grad else (0,))  # new_empty is contiguous
     return loss, grad
 

@@ -83,6 +83,7 @@ def test_auto_backend_on_cpu_is_available_one():
 
 # ---- reductions and ignore_index --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_ce_matches_f_cross_entropy(reduction):
     x, y = _data(12, 7, torch.float64)
@@ -133,8 +134,12 @@ def test_mean_is_sum_over_non_ignored_rows():
 
 
 def test_output_dtype():
-    for dtype, out in [(torch.float64, torch.float64), (torch.float32, torch.float32),
-                       (torch.bfloat16, torch.float32), (torch.float16, torch.float32)]:
+    for dtype, out in [
+        (torch.float64, torch.float64),
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32),
+    ]:
         x, y = _data(dtype=dtype)
         assert rk.robust_loss(x, y, backend="torch").dtype == out
 
@@ -167,6 +172,7 @@ def test_empty_batch():
 
 # ---- epsilon ------------------------------------------------------------------------------
 
+
 def test_epsilon_auto_uses_eq4_value():
     x, y = _data(6, 100, torch.float64)
     eps = calibration.epsilon_for_classes(100)
@@ -196,6 +202,7 @@ def test_epsilon_is_a_shift_of_the_label_logit_only():
 
 
 # ---- compile ------------------------------------------------------------------------------
+
 
 def test_torch_compile_fullgraph_torch_backend():
     model = torch.nn.Linear(8, 10)

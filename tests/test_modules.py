@@ -14,8 +14,9 @@ def test_class_per_loss(name):
     cls = getattr(rk, spec.class_name)
     assert issubclass(cls, rk.RobustLoss) and issubclass(cls, torch.nn.Module)
     sig = inspect.signature(cls)
-    assert [p.name for p in spec.params] == [n for n in sig.parameters if n not in
-                                              ("epsilon", "reduction", "ignore_index", "backend")]
+    assert [p.name for p in spec.params] == [
+        n for n in sig.parameters if n not in ("epsilon", "reduction", "ignore_index", "backend")
+    ]
     crit = cls(epsilon=1.2, backend="torch")
     x, y = torch.randn(4, 9, dtype=torch.float64), torch.randint(0, 9, (4,))
     torch.testing.assert_close(crit(x, y), rk.robust_loss(x, y, name, epsilon=1.2, backend="torch"))

@@ -33,9 +33,7 @@ def test_symmetric_losses_sum_to_constant_over_the_label(batch, name):
     logits, _ = batch
     n, k = logits.shape
     spec = rk.get_spec(name)
-    total = sum(
-        rk.robust_loss(logits, torch.full((n,), c), name, reduction="none", backend="torch") for c in range(k)
-    )
+    total = sum(rk.robust_loss(logits, torch.full((n,), c), name, reduction="none", backend="torch") for c in range(k))
     want = spec.symmetric_sum(k, spec.defaults)
     torch.testing.assert_close(total, torch.full_like(total, want), rtol=1e-10, atol=1e-10)
 

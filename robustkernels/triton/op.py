@@ -41,6 +41,7 @@ import contextlib
 import torch
 from torch import Tensor
 
+from ..reference import compute_dtype
 from ..specs import LOSSES, LossSpec
 from . import kernels
 from ._row_math import FOCAL_SUMS_KINDS, LOGP_SUM_KINDS
@@ -102,10 +103,6 @@ def _on_device(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _forward(
     logits: Tensor,
     target: Tensor,
@@ -121,7 +118,7 @@ def _forward(
     if logits.stride(1) != 1:
         # Any row stride is read in place; only a non-unit column stride needs a copy.
         logits = logits.contiguous()
-    cdtype = _compute_dtype(logits.dtype)
+    cdtype = compute_dtype(logits.dtype)
     rows = torch.empty(num_rows, dtype=cdtype, device=logits.device)
     grad = torch.empty((num_rows, num_classes) if with_grad else (0,), dtype=logits.dtype, device=logits.device)
     # Pointers the kernel does not touch (no per-row eps, no gradient, not mean) get the read-only
@@ -232,7 +229,7 @@ def _rescale_in_place(grad: Tensor, grad_output: Tensor) -> None:
 
 def _rescaled_copy(grad: Tensor, new: Tensor, old: Tensor | None) -> Tensor:
     """``grad * new / old`` out of place (``old = None``: the buffer holds the unscaled gradient)."""
-    cdtype = _compute_dtype(grad.dtype)
+    cdtype = compute_dtype(grad.dtype)
     factor = new.to(cdtype)
     if old is not None:
         old = old.to(cdtype)
@@ -262,12 +259,12 @@ if INTERPRETED:
 
     @fused_loss.register_fake
     def _(logits, target, eps_rows, eps, kind, params, ignore_index, reduction):
-        return logits.new_empty(_loss_shape(logits, reduction), dtype=_compute_dtype(logits.dtype))
+        return logits.new_empty(_loss_shape(logits, reduction), dtype=compute_dtype(logits.dtype))
 
     @fused_loss_with_grad.register_fake
     def _(logits, target, eps_rows, eps, kind, params, ignore_index, reduction):
         shape = _loss_shape(logits, reduction)
-        cdtype = _compute_dtype(logits.dtype)
+        cdtype = compute_dtype(logits.dtype)
         return logits.new_empty(shape, dtype=cdtype), logits.new_empty(logits.shape)
 
 else:
