@@ -91,8 +91,31 @@ struct alignas(sizeof(S) * N) Pack {
 
 // Lane `lane` holds columns (i / VEC) * 32 * VEC + lane * VEC + i % VEC: VEC consecutive values
 // (16 bytes) per load, consecutive lanes on consecutive 16-byte chunks.
+// The *_remembered passes of the Row interface for a Row that remembers nothing: registers are
+// scarcer than arithmetic here, so f is recomputed in each pass (CRTP over the Row's own passes).
+template <class Row, class T>
+struct RecomputingRow {
+  template <class F>
+  __device__ void remember(const F&) const {}
+  template <class F, class G>
+  __device__ T sum_remembered(const F& f, const G& g) const {
+    return row().sum_of([&f, &g](T a) { return g(f(a)); });
+  }
+  template <class F, class G>
+  __device__ T sum_others_remembered(const F& f, const G& g) const {
+    return row().sum_others([&f, &g](T a) { return g(f(a)); });
+  }
+  template <class F, class G>
+  __device__ void write_grad_remembered(const F& f, const G& g, T label_value) const {
+    row().write_grad([&f, &g](T a) { return g(f(a)); }, label_value);
+  }
+
+ private:
+  __device__ const Row& row() const { return static_cast<const Row&>(*this); }
+};
+
 template <class T, class scalar_t, int ELEMS>
-struct WarpRow {
+struct WarpRow : RecomputingRow<WarpRow<T, scalar_t, ELEMS>, T> {
   static constexpr int VEC = 16 / sizeof(scalar_t) < ELEMS ? 16 / sizeof(scalar_t) : ELEMS;
   static_assert(ELEMS % VEC == 0, "ELEMS must be a multiple of the vector width");
   T v[ELEMS];
@@ -135,21 +158,6 @@ struct WarpRow {
       if (col(i) < K) s += f(v[i]);
     }
     return warp_sum(s);
-  }
-  // Registers are scarcer than arithmetic here: nothing is remembered, f is recomputed.
-  template <class F>
-  __device__ void remember(const F&) const {}
-  template <class F, class G>
-  __device__ T sum_remembered(const F& f, const G& g) const {
-    return sum_of([&f, &g](T a) { return g(f(a)); });
-  }
-  template <class F, class G>
-  __device__ T sum_others_remembered(const F& f, const G& g) const {
-    return sum_others([&f, &g](T a) { return g(f(a)); });
-  }
-  template <class F, class G>
-  __device__ void write_grad_remembered(const F& f, const G& g, T label_value) const {
-    write_grad([&f, &g](T a) { return g(f(a)); }, label_value);
   }
   template <class F>
   __device__ T sum_others(const F& f) const {
@@ -238,7 +246,7 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock)
 // ---- one block per row ---------------------------------------------------------------------------
 
 template <class T, class scalar_t>
-struct BlockRow {
+struct BlockRow : RecomputingRow<BlockRow<T, scalar_t>, T> {
   const scalar_t* z;
   int64_t K, y;
   T eps;
@@ -273,21 +281,6 @@ struct BlockRow {
     T s = T(0);
     for (int64_t j = threadIdx.x; j < K; j += kBlockRowThreads) s += f(at(j));
     return block_sum(s);
-  }
-  // Registers are scarcer than arithmetic here: nothing is remembered, f is recomputed.
-  template <class F>
-  __device__ void remember(const F&) const {}
-  template <class F, class G>
-  __device__ T sum_remembered(const F& f, const G& g) const {
-    return sum_of([&f, &g](T a) { return g(f(a)); });
-  }
-  template <class F, class G>
-  __device__ T sum_others_remembered(const F& f, const G& g) const {
-    return sum_others([&f, &g](T a) { return g(f(a)); });
-  }
-  template <class F, class G>
-  __device__ void write_grad_remembered(const F& f, const G& g, T label_value) const {
-    write_grad([&f, &g](T a) { return g(f(a)); }, label_value);
   }
   template <class F>
   __device__ T sum_others(const F& f) const {
@@ -329,7 +322,7 @@ __global__ void __launch_bounds__(kBlockRowThreads) block_row_kernel(const Kerne
   }
   const scalar_t* z = static_cast<const scalar_t*>(args.logits) + row * args.row_stride;
   const T eps = row_eps(args, row);
-  BlockRow<T, scalar_t> r{z, K, label, eps, grad, shared};
+  BlockRow<T, scalar_t> r{{}, z, K, label, eps, grad, shared};
   const T loss = run_family<T, FAMILY>(r, args, r.at(label), grad != nullptr, grad_scale(args));
   if (threadIdx.x == 0) args.rows_out[row] = loss;
 }
