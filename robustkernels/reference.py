@@ -47,8 +47,18 @@ def biased_logits(logits: Tensor, target: Tensor, epsilon: float | Tensor) -> Te
 
 
 def _one_minus(log_x: Tensor) -> Tensor:
-    """``1 - x`` from ``log x`` without cancellation as ``x -> 1``."""
-    return -torch.expm1(log_x)
+    """``1 - x`` from ``log x``, accurate in value and in gradient.
+
+    The value is ``-expm1(log x)``, which does not cancel as ``x -> 1``. The gradient is
+    ``-x``, formed as ``exp(log x)``: autograd's own expm1 backward, ``grad * (expm1 + 1)``,
+    rebuilds ``x`` from the rounded ``expm1`` and returns 0 once ``x`` is below the precision
+    of 1 (float32: ``x < 3e-8``), which would silently stop a confidently wrong row learning.
+    """
+    value = -torch.expm1(log_x)
+    if not log_x.requires_grad:
+        return value
+    x = torch.exp(log_x)
+    return value.detach() - (x - x.detach())  # the value of `value`, the gradient of -x
 
 
 def _pow_safe(base: Tensor, exponent: float) -> Tensor:
@@ -77,7 +87,7 @@ def _mae_term(lpy: Tensor) -> Tensor:
 
 
 def _gce(lpy: Tensor, q: float) -> Tensor:
-    return -torch.expm1(q * lpy) / q
+    return _one_minus(q * lpy) / q  # (1 - p^q) / q
 
 
 def _agce(lpy: Tensor, a: float, q: float) -> Tensor:

@@ -1,6 +1,8 @@
 """Property tests (hypothesis) of the reference: symmetry, the bias as a shift, F.cross_entropy
 semantics, and bfloat16 against float64 on the same quantised inputs."""
 
+import os
+
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -8,7 +10,9 @@ from hypothesis import strategies as st
 
 import robustkernels as rk
 
-SETTINGS = settings(max_examples=40, deadline=None)
+# The same examples on every run, so that CI is reproducible; RK_HYPOTHESIS_EXPLORE=1 draws fresh
+# ones (how the vanishing float32 gradient at p_y ~ 4e-8 was found).
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=os.environ.get("RK_HYPOTHESIS_EXPLORE") != "1")
 SYMMETRIC = [name for name, spec in rk.LOSSES.items() if spec.symmetric_sum is not None]
 
 

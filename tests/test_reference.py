@@ -253,3 +253,24 @@ def test_bitemp_one_hot_equals_soft_label_helper(t1, t2):
     want = independent.bitemp_soft(logits.numpy(), np.eye(11)[target.numpy()], t1, t2, num_iters=iters)
     got = rk.robust_loss(logits, target, "bitemp", t1=t1, t2=t2, reduction="none", backend="torch")
     np.testing.assert_allclose(got.numpy(), want, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_float32_gradient_survives_a_tiny_label_probability(name):
+    """p_y ~ 4e-8 (a confidently wrong row): the float32 gradient must match float64, not
+    vanish. autograd's expm1 backward rebuilds p_y from expm1(log p_y) + 1, which is 0 in
+    float32 here (found by the bfloat16 property test)."""
+    z = torch.tensor(
+        [[-25.99, -4.20, -11.93, -8.18, -0.2246, 2.37, 1.99, -9.34, 2.69, 8.25,
+          -14.87, -17.95, -7.73, 16.74, -5.04, -10.02, 7.59, 11.78, 1.74]],
+        dtype=torch.float64,
+    )  # fmt: skip
+    y = torch.tensor([4])
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        x = z.clone().to(dtype).requires_grad_()
+        rk.robust_loss(x, y, name, backend="torch").backward()
+        grads.append(x.grad.double())
+    scale = grads[1].abs().max()
+    assert scale > 0
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * scale
