@@ -1,4 +1,5 @@
-"""Command line: ``python -m robustkernels.train [--config X.yaml] [--flags]`` or ``... demo [--quick]``."""
+"""Command line: ``python -m robustkernels.train [--config X.yaml] [--flags]``, ``... demo [--quick]`` or
+``... throughput [--flags]`` (images/s and the expected time per epoch)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["throughput"]:
+        from .throughput import main as throughput_main
+
+        return throughput_main(argv[1:])
     from .config import config_from_args
     from .loop import train
 

@@ -48,7 +48,7 @@ class TrainConfig:
     eps_gamma: float = 0.5
     loss_backend: str = "auto"
     # optimisation
-    optimizer: str = "sgd"  # sgd | lars
+    optimizer: str = "sgd"  # sgd | lars | lamb
     lr: float = 0.1  # at base_batch; scaled by batch_size / base_batch with lr_scaling="linear"
     lr_scaling: str = "linear"  # linear | none
     base_batch: int = 256

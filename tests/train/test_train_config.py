@@ -1,14 +1,15 @@
-"""Config loading, flags, LR schedule, LARS, top-k, and the shipped YAML configs."""
+"""Config loading, flags, LR schedule, LARS, LAMB, top-k, and the shipped YAML configs."""
 
 import math
 import pathlib
 
+import numpy as np
 import pytest
 import torch
 
 from robustkernels.train.config import TrainConfig, config_from_args, load_config
 from robustkernels.train.metrics import topk_correct
-from robustkernels.train.optim import LARS, lr_lambda, scaled_lr
+from robustkernels.train.optim import LAMB, LARS, build_optimizer, lr_lambda, scaled_lr
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -59,6 +60,58 @@ def test_lars_trust_ratio():
     # Matrix: update = lr * eta * ||w|| / ||g|| * g = 0.06 * 0.5; vector (bias): plain SGD.
     assert torch.allclose(w.detach(), torch.full((2, 2), 3.0 - 0.03))
     assert torch.allclose(b.detach(), torch.full((2,), 0.5))
+
+
+def _lamb_by_hand(w, grads, lr, betas, eps, wd, matrix):
+    """Algorithm 2 of You et al. (2020), in float64 NumPy, one parameter tensor."""
+    w = w.astype(np.float64).copy()
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        r = (m / (1 - betas[0] ** t)) / (np.sqrt(v / (1 - betas[1] ** t)) + eps)
+        if matrix:
+            r = r + wd * w
+            r = r * (np.linalg.norm(w) / np.linalg.norm(r))
+        w = w - lr * r
+    return w
+
+
+def test_lamb_matches_algorithm():
+    rng = np.random.default_rng(0)
+    w0, b0 = rng.normal(size=(3, 4)), rng.normal(size=4)
+    grads_w, grads_b = [rng.normal(size=(3, 4)) for _ in range(3)], [rng.normal(size=4) for _ in range(3)]
+    w = torch.nn.Parameter(torch.tensor(w0))
+    b = torch.nn.Parameter(torch.tensor(b0))
+    opt = LAMB([w, b], lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
+    for gw, gb in zip(grads_w, grads_b):
+        w.grad, b.grad = torch.tensor(gw), torch.tensor(gb)
+        opt.step()
+    np.testing.assert_allclose(w.detach().numpy(), _lamb_by_hand(w0, grads_w, 0.05, (0.8, 0.99), 1e-6, 0.1, True))
+    # 1-D tensors: plain bias-corrected Adam, no weight decay, no trust ratio.
+    np.testing.assert_allclose(b.detach().numpy(), _lamb_by_hand(b0, grads_b, 0.05, (0.8, 0.99), 1e-6, 0.1, False))
+    # The trust ratio makes each matrix step exactly lr * ||w|| long.
+    before = w.detach().clone()
+    w.grad = torch.tensor(grads_w[0])
+    b.grad = None
+    opt.step()
+    assert torch.linalg.vector_norm(w.detach() - before).item() == pytest.approx(0.05 * before.norm().item())
+
+
+def test_lamb_zero_weights_and_state_dict():
+    w = torch.nn.Parameter(torch.zeros(2, 2))  # zero-init layer: trust ratio 1, no NaN
+    opt = build_optimizer(torch.nn.Linear(1, 1), "lamb", 0.1, 0.9, True, 0.0)
+    assert isinstance(opt, LAMB) and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    opt = LAMB([w], lr=0.1)
+    w.grad = torch.ones(2, 2)
+    opt.step()
+    assert torch.isfinite(w).all() and not torch.equal(w.detach(), torch.zeros(2, 2))
+    again = LAMB([torch.nn.Parameter(w.detach().clone())], lr=0.1)
+    again.load_state_dict(opt.state_dict())
+    assert next(iter(again.state.values()))["step"] == 1
+    with pytest.raises(ValueError, match="optimizer must be"):
+        build_optimizer(torch.nn.Linear(1, 1), "adamw", 0.1, 0.9, True, 0.0)
 
 
 def test_topk_correct():
