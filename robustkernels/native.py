@@ -12,7 +12,8 @@ the usual ``loss.backward()``, is recognised by the kernel itself and nothing mo
 written, without a host sync. The buffer is handed to autograd as the gradient, so autograd may
 adopt it as ``logits.grad`` and later modify it in place; a second backward through the same
 graph (``retain_graph=True``) therefore never reuses it but recomputes the gradient from the
-saved logits.
+saved logits. A backward with ``create_graph=True`` (double backward) goes through the
+pure-PyTorch reference on the saved inputs, so second derivatives are exact.
 """
 
 from __future__ import annotations
@@ -101,13 +102,42 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.op_args = (epsilon, kind, params, ignore_index, reduction)
 
 
+def _differentiable_backward(ctx, grad_loss: Tensor):
+    """``create_graph=True`` (gradient penalties, Hessian-vector products): the gradient must be
+    a differentiable function of the logits, which the kernel's buffer is not. It is recomputed
+    through the pure-PyTorch reference on the saved inputs, whose autograd graph carries the
+    second derivatives. Only this rare path pays for it; ``bitemp``'s reference gradient is
+    once-differentiable and says so."""
+    from . import _torch_backend
+    from .specs import LOSSES
+
+    logits, target, epsilon_rows = ctx.saved_tensors
+    epsilon, kind, params, ignore_index, reduction = ctx.op_args
+    ctx.grad_buffer = None
+    spec = next(s for s in LOSSES.values() if s.kind == kind)
+    reduction_name = next(name for name, code in REDUCTION_CODES.items() if code == reduction)
+    loss = _torch_backend.robust_loss(
+        logits,
+        target,
+        spec,
+        tuple(params),
+        epsilon if epsilon_rows is None else epsilon_rows,
+        reduction_name,
+        ignore_index,
+    )
+    wanted = [(i, t) for i, t in ((0, logits), (2, epsilon_rows)) if ctx.needs_input_grad[i]]
+    grads = torch.autograd.grad(loss, [t for _, t in wanted], grad_loss, create_graph=True, allow_unused=True)
+    out: list[Tensor | None] = [None] * 9
+    for (i, _), g in zip(wanted, grads):
+        out[i] = g
+    return tuple(out)
+
+
 def _backward(ctx, grad_loss: Tensor, _grad_of_grad_buffer: Tensor | None):
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "robustkernels native backend: double backward (create_graph=True) is not supported; use backend='torch'"
-        )
     if grad_loss is None:  # not reachable from the loss (grads are not materialised)
         return None, None, None, None, None, None, None, None, None
+    if torch.is_grad_enabled():
+        return _differentiable_backward(ctx, grad_loss)
     logits, target, epsilon_rows = ctx.saved_tensors
     epsilon, kind, params, ignore_index, reduction = ctx.op_args
     grad = ctx.grad_buffer

@@ -233,8 +233,15 @@ class _BiTemperedRows(torch.autograd.Function):
         return minus_log_t1_py - (1.0 - sum_pow) / (2.0 - t1)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_rows: Tensor):
+        if torch.is_grad_enabled():
+            # create_graph=True. once_differentiable would only catch a grad_output that requires
+            # grad; with a plain seed the gradient would come back without a graph, and a
+            # gradient penalty built on it would silently get zero second derivatives.
+            raise RuntimeError(
+                "bitemp: double backward (create_graph=True) is not supported; its implicit "
+                "gradient is once-differentiable"
+            )
         logp, target = ctx.saved_tensors
         t1, t2 = ctx.temperatures
         positive = torch.isfinite(logp)

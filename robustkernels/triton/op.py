@@ -292,6 +292,13 @@ def _backward(ctx, grad_loss, _grad_of_grad):
     grad, target = ctx.saved_tensors
     if grad_loss is None:
         return (None,) * 8
+    if torch.is_grad_enabled() and not _is_traced(grad):
+        # The buffer is a number, not a function of the logits (which are not even saved):
+        # returning it under create_graph=True would make every second derivative silently 0.
+        raise RuntimeError(
+            "robustkernels triton backend: double backward (create_graph=True) is not supported; "
+            "use backend='native' or backend='torch'"
+        )
     if _is_traced(grad):
         grad_logits = _rescaled_copy(grad, grad_loss, None)
     elif ctx.first_grad_output is None:

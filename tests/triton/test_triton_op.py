@@ -148,6 +148,13 @@ def test_zero_upstream_then_another_backward_is_nan_not_wrong():
     assert torch.isnan(logits.grad).all()
 
 
+def test_double_backward_raises_instead_of_zero_second_derivatives():
+    logits, target = make_inputs(3, 7, torch.float32)
+    loss = rk.robust_loss(logits, target, "mae", backend="triton")
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, logits, create_graph=True)
+
+
 def test_gradient_returned_earlier_is_not_modified_by_a_later_backward():
     logits, target = make_inputs(3, 7, torch.float32)
     hooked = []
