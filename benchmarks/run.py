@@ -151,7 +151,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-ms", type=float, default=25.0, help="CUDA: do_bench warm-up time")
     p.add_argument("--rep-ms", type=float, default=100.0, help="CUDA: do_bench timed-run time")
     p.add_argument("--max-elements", type=int, help="skip N*K above this (default: CPU 2^27, CUDA none)")
-    p.add_argument("--max-bytes", type=float, help="skip variants estimated above this (default: 1/2 of free mem)")
+    p.add_argument(
+        "--max-bytes", type=float, help="skip variants estimated above this (default: CPU 1/2, CUDA 0.8 of free memory)"
+    )
     p.add_argument("--quick", action="store_true", help=f"tiny grid unless given: {QUICK}")
     p.add_argument("--threads", type=int, help="CPU: torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
