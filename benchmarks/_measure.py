@@ -28,13 +28,15 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 Step = Callable[[], None]
+Key = TypeVar("Key", bound=Hashable)
 
 MODES = ("fwd+bwd", "fwd")
 
@@ -88,8 +90,8 @@ def make_step(fn: Callable, logits: torch.Tensor, target: torch.Tensor, mode: st
 
 
 def time_cpu_round_robin(
-    steps: dict[str, Step], repeats: int, warmup: int, min_sample_s: float = 1e-3
-) -> dict[str, list[float]]:
+    steps: dict[Key, Step], repeats: int, warmup: int, min_sample_s: float = 1e-3
+) -> dict[Key, list[float]]:
     """Seconds per call of every step, ``repeats`` samples each, timed round-robin.
 
     After ``warmup`` untimed calls (which also compile), each step gets an inner call count so
@@ -97,7 +99,7 @@ def time_cpu_round_robin(
     a 20-us call would otherwise dominate). Every repeat then times each step once, in turn:
     a burst of load from another process lands on all steps of that repeat, not on one.
     """
-    inner: dict[str, int] = {}
+    inner: dict[Key, int] = {}
     for label, step in steps.items():
         for _ in range(max(1, warmup)):
             step()
@@ -105,7 +107,7 @@ def time_cpu_round_robin(
         step()
         once = time.perf_counter() - start
         inner[label] = max(1, math.ceil(min_sample_s / max(once, 1e-9)))
-    samples: dict[str, list[float]] = {label: [] for label in steps}
+    samples: dict[Key, list[float]] = {label: [] for label in steps}
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside one sample would charge it to whichever step ran

@@ -54,7 +54,7 @@ def estimate_bytes(loss: str, backend: str, n: int, k: int, itemsize: int) -> in
 
 
 def make_variants(loss: str, backends: list[str], device: torch.device) -> list[Variant]:
-    """The variants of ``loss`` to compare on ``device``. Resets Dynamo first: a fresh
+    """The variants of ``loss`` to compare on ``device``. Resets Dynamo for ``compile``: a fresh
     ``torch.compile`` per configuration, so that no shape ever hits the recompile limit (which
     would silently fall back to eager)."""
     out: list[Variant] = []

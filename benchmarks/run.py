@@ -1,8 +1,9 @@
 """Device-generic benchmark of every loss: fused backends against the PyTorch a user would write.
 
-    python -m benchmarks.run --quick --out /tmp/bench          # seconds: ce, mae on a tiny grid
-    python -m benchmarks.run --device cuda                      # the full grid of issue #7
+    python -m benchmarks.run --quick --out /tmp/bench          # ce, mae at K = 1000, N = 256, 1024
+    python -m benchmarks.run --device cuda --keep-going         # the full grid of issue #7 (hours)
     python -m benchmarks.run --losses mae,gce --n 1024,4096 --k 1000 --dtypes float32 --modes fwd+bwd
+    python -m benchmarks.run --losses bitemp,nfl --k 1000 --merge   # add to the report already in --out
 
 For every loss x backend x N x K x dtype x mode (``fwd+bwd``: forward then backward of the
 mean loss; ``fwd``: forward under ``no_grad``) it records the median time, the achieved GB/s,
@@ -36,7 +37,13 @@ is 2). A wrong baseline would make any speed-up meaningless.
 Outputs in ``--out`` (default ``benchmarks/results``): ``<device-slug>.json`` (records and
 metadata), ``<device-slug>.md`` (tables, the issue #7 targets on CUDA) and
 ``<device-slug>-time.png`` / ``<device-slug>-copy.png``. The slug is never plain ``cpu``:
-``cpu.json`` / ``cpu.md`` belong to ``benchmarks/cpu.py``.
+``cpu.json`` / ``cpu.md`` belong to ``benchmarks/cpu.py``. Every ``torch.compile`` costs seconds
+(one per configuration: ``dynamic=False`` specialises on the shape), so a large grid is best
+measured in parts (``--losses``) folded into one report with ``--merge``.
+
+Defaults: CUDA N in {256, 1024, 4096, 16384, 65536}, K in {10, 100, 1000, 32768}; CPU N up to
+16384 and N*K <= 2^27 (``--max-elements``); float32 and bfloat16; both modes. A variant whose
+estimated peak memory exceeds ``--max-bytes`` is skipped and listed in the JSON.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ GRIDS = {  # device type -> (N values, K values, max N*K elements or None)
     "cuda": ((256, 1024, 4096, 16384, 65536), (10, 100, 1000, 32768), None),
     "cpu": ((256, 1024, 4096, 16384), (10, 100, 1000, 32768), 2**27),
 }
-QUICK = {"losses": "ce,mae", "n": "256,1024", "k": "10,1000", "dtypes": "float32", "repeats": 3, "warmup": 1}
+QUICK = {"losses": "ce,mae", "n": "256,1024", "k": "1000", "dtypes": "float32", "repeats": 3, "warmup": 1}
 
 
 def bench_config(loss: str, n: int, k: int, dtype: torch.dtype, variants: list[Variant], args) -> list[dict]:
