@@ -151,6 +151,7 @@ def test_special_rows_follow_the_policy(name, dtype):
     logits[3, [(target[3] + 1) % k, (target[3] + 2) % k]] = -math.inf
     target[4] = -100  # ignored, holding NaN and inf
     logits[4, 0], logits[4, 1] = math.nan, math.inf
+    logits[5, (target[5] + 1) % k] = math.inf  # +inf: log_softmax is NaN -> NaN row
     target[6] = k  # invalid: out of range
     target[7] = -3  # invalid: negative, not ignore_index
     for reduction in ("none", "sum"):
@@ -164,7 +165,21 @@ def test_special_rows_follow_the_policy(name, dtype):
         (loss, grad), (ref_loss, ref_grad) = got
         torch.testing.assert_close(loss.double(), ref_loss.double(), rtol=1e-5, atol=1e-6, equal_nan=True)
         torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=1e-5, atol=1e-6, equal_nan=True)
-    assert torch.isnan(grad[[0, 1, 6, 7]]).all() and torch.equal(grad[4], torch.zeros_like(grad[4]))
+    assert torch.isnan(grad[[0, 1, 5, 6, 7]]).all() and torch.equal(grad[4], torch.zeros_like(grad[4]))
+
+
+@pytest.mark.parametrize("name", ["ce", "nce", "nfl", "nce_agce", "bitemp"])
+@pytest.mark.parametrize("k", [37, 4099])
+def test_far_from_zero_logits(name, k):
+    """Logits around -120 behind a block of -inf (the max must be the true max, or exp underflows),
+    and around +3e4 (NCE's sum of log p must not be formed as sum z - K m, which cancels)."""
+    for offset, minus_inf_cols in ((-120.0, 8), (3e4, 0)):
+        logits, target = _inputs(3, k, torch.float32, seed=5, scale=1.0)
+        logits += offset
+        logits[:, :minus_inf_cols] = -math.inf
+        target[:] = torch.tensor([k - 1, k // 2, minus_inf_cols])
+        got, want = _run("native", logits, target, name, 0.5), _run("torch", logits.double(), target, name, 0.5)
+        _assert_close(*got, *want, torch.float32)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

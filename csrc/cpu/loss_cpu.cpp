@@ -140,13 +140,13 @@ struct CpuRow {
 // defaults): one pass forms w_j = (1 - p_j)^gamma, focal_j and h_j once, with p_j = e_j / s from
 // the remembered e_j = exp(a_j - m), and keeps h_j; the gradient pass is then arithmetic only.
 template <class T, class S>
-void focal_sums(CpuRow<T, S>& row, T lse, T log_s, T gamma, T& focal_sum, T& h_sum) {
+void focal_sums(CpuRow<T, S>& row, T m, T log_s, T gamma, T& focal_sum, T& h_sum) {
   using Vec = Vectorized<T>;
   constexpr int64_t kLanes = Vec::size();
   const T inv_s = std::exp(-log_s);
-  auto terms = [lse, inv_s, gamma](auto a, auto e, auto& focal) {
+  auto terms = [m, log_s, inv_s, gamma](auto a, auto e, auto& focal) {
     using V = decltype(a);
-    const V lp = a - V(lse);
+    const V lp = (a - V(m)) - V(log_s);  // as in loss_math.h: never a - (m + log s)
     const V w = focal_weight(lp, gamma);
     focal = V(T(0)) - w * lp;
     return focal_h_from(lp, e * V(inv_s), w, gamma);
@@ -175,7 +175,7 @@ void focal_sums(CpuRow<T, S>& row, T lse, T log_s, T gamma, T& focal_sum, T& h_s
 }
 
 template <class T, class S>
-void write_focal_grad(CpuRow<T, S>& row, T lse, T log_s, T gamma, T c_p, T c_1, T c_h, T g_y) {
+void write_focal_grad(CpuRow<T, S>& row, T m, T log_s, T gamma, T c_p, T c_1, T c_h, T g_y) {
   using Vec = Vectorized<T>;
   constexpr int64_t kLanes = Vec::size();
   const T c_e = c_p * std::exp(-log_s);  // p_j = e_j / s

@@ -332,6 +332,11 @@ __global__ void __launch_bounds__(kBlockRowThreads) block_row_kernel(const Kerne
 template <class scalar_t, int FAMILY>
 void launch_family(const KernelArgs<at::opmath_type<scalar_t>>& args, cudaStream_t stream) {
   const int64_t K = args.K;
+  // One block per row (K > 1024) or per kWarpsPerBlock rows: grid.x is limited to 2^31 - 1, and a
+  // silent truncation of the cast below would leave rows unwritten.
+  const int64_t grid = K > kMaxWarpRow ? args.N : (args.N + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  TORCH_CHECK(grid <= std::numeric_limits<int32_t>::max(), "robustkernels: logits has too many rows (", args.N,
+              ") for one launch; split the batch");
   if (K > kMaxWarpRow) {
     block_row_kernel<scalar_t, FAMILY><<<static_cast<unsigned>(args.N), kBlockRowThreads, 0, stream>>>(args);
   } else {
@@ -363,7 +368,8 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& logits_in
   if (epsilon_rows.has_value()) eps = epsilon_rows->to(acc_dtype);
   // Rows counted by the mean (every label but ignore_index), on the device.
   at::Tensor count;
-  if (reduction == kMean) count = target.ne(ignore_index).sum();
+  // Compared in int64 as the kernels do: int32 labels would wrap an ignore_index beyond int32.
+  if (reduction == kMean) count = target.to(at::kLong).ne(ignore_index).sum();
   if (N == 0) {
     at::Tensor loss = reduction == kNone ? rows : (reduction == kSum ? rows.sum() : rows.sum() / count.to(acc_dtype));
     return {loss, grad};

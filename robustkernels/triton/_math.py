@@ -146,11 +146,14 @@ def round_to_bf16(x):
 
     The GPU's fp32 -> bf16 conversion rounds to nearest, but the Triton interpreter truncates, which
     doubles the error of every bf16 gradient on CPU. Rounding here makes the final conversion exact
-    on both, at a few integer ops per element. (Quiet NaNs and +-inf are preserved.)
+    on both, at a few integer ops per element. NaN is passed through untouched: the GPU's canonical
+    NaN 0x7FFFFFFF plus the rounding increment overflows into the sign bit and would become -0.0,
+    silently zeroing a NaN gradient row. +-inf round to themselves.
     """
     bits = x.to(tl.uint32, bitcast=True)
     bits = bits + 0x7FFF + ((bits >> 16) & 1)
-    return (bits & 0xFFFF0000).to(tl.float32, bitcast=True)
+    rounded = (bits & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return tl.where(x != x, x, rounded)
 
 
 @triton.jit

@@ -28,10 +28,10 @@ offsets are int64. Padded lanes are set to -inf again after the bias is added so
 reduction. ``log p = (z - m) - log s`` as ``log_softmax`` does, and ``p_y - 1 = expm1(log p_y)``.
 ``exp(x - m)`` uses ``m := 0`` when the row maximum is -inf, so a -inf logit at a non-label position
 is simply a class with p = 0 (no ``-inf + inf``). Row policy, applied explicitly because the GPU's
-``max`` ignores NaN and clamps swallow it: a row holding a NaN or only -inf logits gives a NaN loss
-and a NaN gradient row; ignored rows are not read (loss 0, gradient 0); invalid labels (outside
-``[0, K)``, not ``ignore_index``) give a NaN loss row and a NaN gradient row -- the label is only
-ever compared with column indices, never used as an address.
+``max`` ignores NaN and clamps swallow it: a row holding a NaN, a +inf or only -inf logits gives a
+NaN loss and a NaN gradient row (as ``log_softmax`` does); ignored rows are not read (loss 0,
+gradient 0); invalid labels (outside ``[0, K)``, not ``ignore_index``) give a NaN loss row and a
+NaN gradient row -- the label is only ever compared with column indices, never used as an address.
 """
 
 from __future__ import annotations
@@ -374,7 +374,7 @@ def fused_loss_kernel(
                 label_logit += row_sum(tl.where(is_label, x, 0.0))
                 nan_count += _nan_lanes(x)
             a0 = tl.full([ROWS, BLOCK_K], 0, eps.dtype)  # unused: the blocked helpers re-read
-        nan_rows = invalid | (nan_count > 0) | (mu == float("-inf"))
+        nan_rows = invalid | (nan_count > 0) | (mu == float("-inf")) | (mu == float("inf"))
         lam = _bitemp_lambda(
             SINGLE_PASS, a0, logits_ptr, row_off, num_classes, active, label, eps, mu, t2, num_iters, FP64, BLOCK_K
         )
@@ -419,7 +419,7 @@ def fused_loss_kernel(
             cols = tl.arange(0, BLOCK_K)
             x, is_label, lane = _load_biased(logits_ptr, row_off, cols, num_classes, active, label, eps, FP64)
             x_max = row_max(x)
-            nan_rows = invalid | (_nan_lanes(x) > 0) | (x_max == float("-inf"))
+            nan_rows = invalid | (_nan_lanes(x) > 0) | (x_max == float("-inf")) | (x_max == float("inf"))
             m = _safe_max(x_max)
             shifted = x - m[:, None]
             e = tl.exp(shifted)
@@ -438,27 +438,40 @@ def fused_loss_kernel(
                 zero_p = (row_max(zero_lanes.to(tl.int32)) > 0) & (sum_exp > 0.0)
         else:
             # Online max / sum-exp (Milakov & Gimelshein): s <- s exp(m_old - m_new) + sum exp(x - m_new).
+            # The running max stays the raw max (-inf while every lane so far is -inf); only the
+            # pivot of the exponentials is made safe. Clamping the running max itself to 0 would pin
+            # it there for good, and a row of logits below -88 would then underflow to sum_exp = 0.
             m = zero_rows + float("-inf")
-            sum_exp = zero_rows
+            pivot = zero_rows  # _safe_max(m)
+            sum_exp = zero_rows  # sum exp(x - pivot)
             label_logit = zero_rows
-            sum_logits = zero_rows
+            sum_shifted = zero_rows  # sum (x - pivot) over the lanes seen so far
             nan_count = tl.full([ROWS], 0, tl.int32)
             for start in range(0, num_classes, BLOCK_K):
                 cols = start + tl.arange(0, BLOCK_K)
                 x, is_label, lane = _load_biased(logits_ptr, row_off, cols, num_classes, active, label, eps, FP64)
                 nan_count += _nan_lanes(x)
-                m_new = _safe_max(tl.maximum(m, row_max(x)))
-                sum_exp = sum_exp * tl.exp(m - m_new) + row_sum(tl.exp(x - m_new[:, None]))
-                m = m_new
+                m_old = m
+                m = tl.maximum(m, row_max(x))
+                pivot_new = _safe_max(m)
+                # exp(m_old - pivot_new), not exp(pivot - pivot_new): after an all -inf start the old
+                # pivot is the stand-in 0 and exp(0 - (-120)) would overflow to inf (inf * 0 = NaN).
+                sum_exp = sum_exp * tl.exp(m_old - pivot_new) + row_sum(tl.exp(x - pivot_new[:, None]))
                 label_logit += row_sum(tl.where(is_label, x, 0.0))
                 if LOGP_SUM:
-                    sum_logits += row_sum(tl.where(lane, x, 0.0))
-            nan_rows = invalid | (nan_count > 0) | (sum_exp == 0.0)  # sum_exp = 0: every logit is -inf
+                    # Summed against the pivot, never as raw logits: sum z - K m cancels at the scale
+                    # of the logits (2.5e-4 relative at logits around 3e4). The `start` lanes seen
+                    # before this tile move with the pivot.
+                    sum_shifted += start * (pivot - pivot_new) + row_sum(tl.where(lane, x - pivot_new[:, None], 0.0))
+                pivot = pivot_new
+            # +inf: inf - inf in every exponent; NaN by policy, as log_softmax gives.
+            nan_rows = invalid | (nan_count > 0) | (m == float("-inf")) | (m == float("inf"))
+            m = pivot
             log_s = tl.log(sum_exp)
             lpy = (label_logit - m) - log_s  # as in the single pass: never round m + log s first
             if LOGP_SUM:
-                # sum_k (z_k - m - log s): |S| >= K log K, so the subtraction does not cancel.
-                sum_logp = (sum_logits - num_classes * m) - num_classes * log_s
+                # sum_k (z_k - m - log s), every term <= 0: no cancellation.
+                sum_logp = sum_shifted - num_classes * log_s
             if FOCAL_SUMS:
                 zero_count = zero_rows
                 for start in range(0, num_classes, BLOCK_K):

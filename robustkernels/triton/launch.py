@@ -7,8 +7,9 @@ register / bandwidth reasoning, not from measurements (GPU tuning belongs to the
   elements: a row tile lives in registers as fp32 (fp64 for fp64 input) whatever the input dtype,
   and the kernels keep 3-4 tiles alive (logits, exponentials, gradient; NFL adds ``h``). At 8192
   elements and 16 warps that is 16 values per thread per tile; ptxas for sm_90 reports 53-104
-  registers per thread (ce, nfl, bitemp; fp32 and bf16), no spills.
-  fp64 tiles take two registers per value, hence half the limit.
+  registers per thread (ce, nfl, bitemp; fp32 and bf16), no spills; bitemp keeps 8-40 bytes of
+  stack (bf16 K = 1000, fp32 K = 8192). fp64 tiles take two registers per value: at 4096 lanes
+  nfl spilled 280 bytes (16 warps), so the fp64 limit is 2048 lanes.
 * **Several rows per program** for small ``K``: a program handles ``ROWS`` rows so that a tile holds
   about ``TARGET_TILE`` elements (at K = 7 one row of 8 lanes would leave most of a warp idle).
   ``ROWS`` never exceeds the (power-of-two padded) number of rows. fp64 caps ``ROWS`` at 16: the
@@ -30,7 +31,7 @@ import triton
 __all__ = ["LaunchConfig", "forward_config", "rescale_config"]
 
 MAX_SINGLE_PASS_BLOCK = 8192
-MAX_SINGLE_PASS_BLOCK_FP64 = 4096
+MAX_SINGLE_PASS_BLOCK_FP64 = 2048
 BLOCKED_BLOCK = 4096
 BLOCKED_BLOCK_FP64 = 2048
 TARGET_TILE = 2048

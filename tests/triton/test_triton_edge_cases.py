@@ -104,6 +104,83 @@ def test_nan_row_and_all_minus_inf_row_give_nan_loss(name):
     assert torch.isnan(rows[0]) and torch.isnan(rows[1]) and torch.isfinite(rows[2])
 
 
+def _tiled(monkeypatch, max_single=16):
+    monkeypatch.setattr(op, "max_single_pass_override", max_single)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_tiled_row_whose_first_tile_is_all_minus_inf(name, monkeypatch):
+    """The running max must not be clamped: with tiles of 8, a first tile of -inf and the rest
+    around -120 (exp underflows against a max pinned at 0) must still give the reference."""
+    _tiled(monkeypatch)
+    logits, target = make_inputs(3, 37, torch.float32, scale=1.0)
+    with torch.no_grad():
+        logits -= 120.0
+        logits[:, :8] = float("-inf")
+    target[:] = torch.tensor([8, 20, 36])
+    rows = rk.robust_loss(logits, target, name, epsilon=0.5, reduction="none", backend="triton")
+    rows.sum().backward()
+    ref_rows, ref_grad = reference_rows(logits, target, name, rk.LOSSES[name].defaults, 0.5)
+    assert torch.isfinite(ref_rows).all()
+    assert_rows_close(rows, ref_rows, 2e-5, f"{name} loss")
+    assert_rows_close(logits.grad, ref_grad, fp32_grad_rtol(name, rk.LOSSES[name].defaults), f"{name} grad")
+
+
+@pytest.mark.parametrize("name", ["nce", "nce_mae", "nce_rce", "nce_agce"])
+@pytest.mark.parametrize("max_single", [None, 16])
+def test_nce_normaliser_at_large_logit_offsets(name, max_single, monkeypatch):
+    """sum_k log p_k must be summed against the max, not as raw logits minus K m: at logits around
+    3e4 the raw sum cancels to 2.5e-4 relative error in fp32 (K = 4000, measured)."""
+    if max_single:
+        _tiled(monkeypatch, max_single)
+    logits, target = make_inputs(3, 37, torch.float32, scale=1.0)
+    with torch.no_grad():
+        logits += 3e4
+    rows = rk.robust_loss(logits, target, name, epsilon=1.0, reduction="none", backend="triton")
+    rows.sum().backward()
+    ref_rows, ref_grad = reference_rows(logits, target, name, rk.LOSSES[name].defaults, 1.0)
+    assert_rows_close(rows, ref_rows, 2e-6, f"{name} loss")
+    assert_rows_close(logits.grad, ref_grad, 2e-5, f"{name} grad")
+
+
+@pytest.mark.parametrize("name", ["ce", "nce", "nfl", "gce", "bitemp"])
+@pytest.mark.parametrize("max_single", [None, 16])
+def test_plus_inf_logit_gives_nan_row(name, max_single, monkeypatch):
+    """A +inf logit (or +inf bias) makes log_softmax NaN: a NaN row by policy, in every path and
+    dtype (not whatever inf - inf and the GPU's NaN-dropping max would make of it)."""
+    if max_single:
+        _tiled(monkeypatch, max_single)
+    for dtype in (torch.float32, torch.bfloat16):
+        logits, target = make_inputs(3, 37, dtype)
+        with torch.no_grad():
+            logits[0, 30] = float("inf")
+        rows = rk.robust_loss(logits, target, name, epsilon=0.5, reduction="none", backend="triton")
+        (rows * torch.tensor([1.0, 2.0, 0.5])).sum().backward()  # non-unit upstream: the rescale kernel
+        assert torch.isnan(rows[0]) and torch.isfinite(rows[1:]).all(), (dtype, rows)
+        assert torch.isnan(logits.grad[0]).all() and torch.isfinite(logits.grad[1:].float()).all(), dtype
+
+
+def test_bf16_output_keeps_the_gpus_canonical_nan():
+    """0x7FFFFFFF (what NVIDIA fp32 arithmetic returns for NaN) plus the rounding increment
+    overflows into the sign bit: without the NaN pass-through it would be stored as -0.0."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def convert(x_ptr, out_ptr, n: tl.constexpr):
+        offs = tl.arange(0, n)
+        tl.store(out_ptr + offs, kernels.to_output(tl.load(x_ptr + offs), tl.bfloat16))
+
+    bits = torch.tensor([0x7FFFFFFF, 0x7FC00000, -0x400000, 0x7F800000, 0x3F800000, 0x3F808000, 0x3F818000, 0])
+    x = bits.to(torch.int32).view(torch.float32)
+    out = torch.empty(8, dtype=torch.bfloat16)
+    convert[(1,)](x, out, 8)
+    assert torch.isnan(out[:3]).all()
+    # inf, 1.0, a tie rounding to even (down), a tie rounding to even (up), 0
+    expected = torch.tensor([float("inf"), 1.0, 1.0, 1.0 + 2**-6, 0.0], dtype=torch.bfloat16)
+    assert torch.equal(out[3:], expected)
+
+
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_bf16_logits_of_magnitude_1e4(name):
     gen = torch.Generator().manual_seed(3)
