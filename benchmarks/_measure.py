@@ -252,6 +252,14 @@ def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def load_average() -> float | None:
+    """1-minute load average (how busy the machine was: recorded next to CPU timings)."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes a run may use: free GPU memory, or ``MemAvailable`` on CPU (0 when unknown)."""
     if device.type == "cuda":

@@ -192,7 +192,8 @@ def markdown(results: dict, plot_k: int = TARGET_K) -> str:
         f"- backends: {', '.join(meta['backends'])}"
         + "".join(f"; {b} left out: {why}" for b, why in meta["left_out"].items()),
         f"- eps = {meta['eps']} logit bias (torch_ce / liger: none), mean reduction, labels uniform at random",
-        f"- timing: {meta['timing']}",
+        f"- timing: {meta['timing']}; 1-min load average {meta.get('loadavg_start')} before, "
+        f"{meta.get('loadavg_end')} after",
         f"- bandwidth model: {meta['bytes_model']}",
         f"- peak memory: {meta['peak_memory']}",
         "- speed-ups: best fused backend over the baseline, same configuration and mode",

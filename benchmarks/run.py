@@ -231,6 +231,7 @@ def _meta(args: argparse.Namespace, backends: list[str], left_out: dict[str, str
         "git_commit": M.git_commit(),
         "date": M.now_utc(),
         "threads": torch.get_num_threads(),
+        "loadavg_start": M.load_average(),
         "eps": EPS,
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -321,7 +322,14 @@ def run(args: argparse.Namespace) -> tuple[dict, int]:
     stem = meta["slug"]
     if stem == "cpu":
         raise SystemExit("refusing to write cpu.json / cpu.md: they belong to benchmarks/cpu.py")
+    if device.type == "cpu" and (meta["loadavg_start"] or 0.0) > 0.5:
+        print(
+            f"warning: 1-min load average {meta['loadavg_start']:.2f} before the run: another process is busy; "
+            "CPU timings (and multi-threaded ones most) will be disturbed",
+            file=sys.stderr,
+        )
     records, skipped, failures = measure_grid(args, backends, max_bytes)
+    meta["loadavg_end"] = M.load_average()
     results = {"meta": meta, "records": records, "skipped": skipped, "gate_failures": failures}
     if args.merge and (out / f"{stem}.json").exists():
         _merge(out / f"{stem}.json", results)
