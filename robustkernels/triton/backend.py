@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from torch import Tensor
 
 from ..specs import LossSpec
 
-__all__ = ["unavailable_reason", "robust_loss"]
+__all__ = ["unavailable_reason", "interpreter_defect", "robust_loss"]
 
 
 def _import_error() -> str | None:
@@ -41,6 +42,37 @@ def unavailable_reason(device: torch.device) -> str | None:
             "TRITON_INTERPRET=1 was set after robustkernels.triton had compiled its kernels for the GPU; "
             "set it before the first use of the triton backend to run on CPU"
         )
+    if device.type == "cpu":
+        return interpreter_defect()
+    return None
+
+
+def interpreter_defect() -> str | None:
+    """Why this Triton's interpreter cannot run the kernels, or ``None``.
+
+    Triton 3.6's interpreter turns a runtime ``int`` argument used as a loop bound (``range(0,
+    num_classes, BLOCK_K)``, ``range(num_iters)``) into an index with ``int()`` of a 1-element
+    array, which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted to Python
+    scalars"); Triton 3.7 squeezes the array first. Compiled GPU kernels are not affected.
+    """
+    import warnings
+
+    import numpy as np
+    import triton
+
+    major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", triton.__version__).groups())
+    if (major, minor) >= (3, 7):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NumPy 1.25-2.3 only warn that the conversion is deprecated
+        try:
+            int(np.zeros(1))
+        except TypeError:
+            return (
+                f"the Triton {triton.__version__} interpreter cannot run these kernels with NumPy {np.__version__} "
+                "(it converts loop bounds with int() of a 1-element array, which NumPy >= 2.4 refuses); "
+                "use triton >= 3.7 or numpy < 2.4 to run the triton backend on CPU"
+            )
     return None
 
 

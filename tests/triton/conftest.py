@@ -19,6 +19,13 @@ if _ops is not None and not _ops.INTERPRETED:
     )
 
 
+from robustkernels.triton.backend import interpreter_defect  # noqa: E402
+
+_defect = interpreter_defect()
+if _defect is not None:  # one clear message instead of an InterpreterError in every test
+    raise RuntimeError(_defect)
+
+
 def pytest_collection_modifyitems(items):
     # The interpreter evaluates both sides of every tl.where with NumPy, so NaN/inf in the branch
     # that is not selected (e.g. log(0) on padded lanes) raise NumPy RuntimeWarnings; they are noise.
