@@ -39,7 +39,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._math import expm1, log_exp_t, neg_log_t_of_reciprocal, row_max, row_sum, to_output, zeros_like
+from ._math import expm1, log1p, log_exp_t, neg_log_t_of_reciprocal, row_max, row_sum, to_output, zeros_like
 from ._row_math import BITEMP, focal_parts, row_terms
 
 __all__ = ["fused_loss_kernel", "rescale_grad_kernel", "BISECTION_STEPS"]
@@ -291,6 +291,19 @@ def _bitemp_loss(lpy, sum_pow, t1):
 # ---- the forward kernel ------------------------------------------------------------------------
 
 
+@triton.jit
+def _log_partition(sum_exp, others_exp, label_shifted):
+    """``log sum_k exp(z_k - m)`` for the label and focal families.
+
+    When the label holds the row maximum (``z_y - m == 0``) the sum is ``1 + others``, and
+    ``log1p(others)`` keeps ``log p_y = -log1p(others)`` accurate as ``p_y -> 1``: ``log(1 + others)``
+    keeps only ``ulp(1) / others`` of it (7e-4 relative at ``1 - p_y = 1e-4``) and rounds it to 0
+    below ``others = 6e-8``, where ``1 - p_y`` would come out exactly 0. The native kernels do the
+    same (``log_partition`` in ``csrc/loss_math.h``).
+    """
+    return tl.where(label_shifted == 0.0, log1p(others_exp), tl.log(sum_exp))
+
+
 @triton.jit(do_not_specialize=["ignore_index", "num_iters"])
 def fused_loss_kernel(
     logits_ptr,
@@ -424,10 +437,11 @@ def fused_loss_kernel(
             shifted = x - m[:, None]
             e = tl.exp(shifted)
             sum_exp = row_sum(e)
-            log_s = tl.log(sum_exp)
+            label_shifted = row_sum(tl.where(is_label, shifted, 0.0))
+            log_s = _log_partition(sum_exp, row_sum(tl.where(is_label, 0.0, e)), label_shifted)
             # log p = (z - m) - log s, never (z - (m + log s)): rounding m + log s at the scale of m
             # costs ulp(m) absolute in log p_y, i.e. ulp(m) / (1 - p_y) relative in 1 - p_y.
-            lpy = row_sum(tl.where(is_label, shifted, 0.0)) - log_s
+            lpy = label_shifted - log_s
             if LOGP_SUM:
                 sum_logp = row_sum(tl.where(lane, shifted - log_s[:, None], 0.0))
             if FOCAL_SUMS:
@@ -444,6 +458,7 @@ def fused_loss_kernel(
             m = zero_rows + float("-inf")
             pivot = zero_rows  # _safe_max(m)
             sum_exp = zero_rows  # sum exp(x - pivot)
+            others_exp = zero_rows  # the same sum without the label's lane
             label_logit = zero_rows
             sum_shifted = zero_rows  # sum (x - pivot) over the lanes seen so far
             nan_count = tl.full([ROWS], 0, tl.int32)
@@ -456,7 +471,10 @@ def fused_loss_kernel(
                 pivot_new = _safe_max(m)
                 # exp(m_old - pivot_new), not exp(pivot - pivot_new): after an all -inf start the old
                 # pivot is the stand-in 0 and exp(0 - (-120)) would overflow to inf (inf * 0 = NaN).
-                sum_exp = sum_exp * tl.exp(m_old - pivot_new) + row_sum(tl.exp(x - pivot_new[:, None]))
+                rescale = tl.exp(m_old - pivot_new)
+                e = tl.exp(x - pivot_new[:, None])
+                sum_exp = sum_exp * rescale + row_sum(e)
+                others_exp = others_exp * rescale + row_sum(tl.where(is_label, 0.0, e))
                 label_logit += row_sum(tl.where(is_label, x, 0.0))
                 if LOGP_SUM:
                     # Summed against the pivot, never as raw logits: sum z - K m cancels at the scale
@@ -467,7 +485,7 @@ def fused_loss_kernel(
             # +inf: inf - inf in every exponent; NaN by policy, as log_softmax gives.
             nan_rows = invalid | (nan_count > 0) | (m == float("-inf")) | (m == float("inf"))
             m = pivot
-            log_s = tl.log(sum_exp)
+            log_s = _log_partition(sum_exp, others_exp, label_logit - m)
             lpy = (label_logit - m) - log_s  # as in the single pass: never round m + log s first
             if LOGP_SUM:
                 # sum_k (z_k - m - log s), every term <= 0: no cancellation.
