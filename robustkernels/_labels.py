@@ -17,7 +17,16 @@ caught up. Instead (mode ``"async"``, the default):
 
 ``set_label_validation("sync")`` checks eagerly on every device (a host sync: for debugging),
 ``"off"`` skips the host-side bookkeeping (the NaN rows remain). Under ``torch.compile`` the
-host-side part is skipped; the NaN rows remain.
+host-side part is skipped: on CPU the compiled graph asserts instead (``RuntimeError`` with the
+same message, raised by the call), on an accelerator the NaN rows remain (a device-side assert
+would kill the process's CUDA context). Under ``torch.func`` transforms (``grad``, ``vmap``, ...)
+the check runs on the values beneath the transform's wrappers, so a batched ``vmap`` call is
+checked whole, as an eager one.
+
+A per-row ``epsilon`` tensor is checked the same way, for finiteness: a NaN or infinite bias
+raises on CPU (and in ``"sync"`` mode); on an accelerator in ``"async"`` mode it is not checked
+(that needs a host sync) and propagates as IEEE arithmetic does: a NaN or ``+inf`` bias makes
+its row NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +37,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["set_label_validation", "get_label_validation", "check_labels", "invalid_label_mask"]
+__all__ = [
+    "set_label_validation",
+    "get_label_validation",
+    "check_labels",
+    "check_epsilon_rows",
+    "invalid_label_mask",
+    "under_functorch",
+]
 
 _Mode = Literal["async", "sync", "off"]
 _mode: _Mode = "async"
@@ -53,12 +69,32 @@ def invalid_label_mask(target: Tensor, num_classes: int, ignore_index: int) -> T
     return ((target < 0) | (target >= num_classes)) & (target != ignore_index)
 
 
+def under_functorch(*values: object) -> bool:
+    """Whether any tensor among ``values`` is wrapped by a torch.func transform (grad, vmap, ...)."""
+    if torch.compiler.is_compiling():
+        return False
+    return any(isinstance(v, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(v) for v in values)
+
+
+def _unwrapped(t: Tensor) -> Tensor:
+    """The plain tensor beneath torch.func wrappers: a ``vmap``-batched target keeps its batch
+    dimension there, so reading it checks every sample of the batch, and needs no transform."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
+# A constant: under torch.compile(dynamic=True) K is a symbol that cannot be formatted into it.
+_BAD_LABEL_COMPILED = "target: a label outside [0, K) that is not ignore_index (checked in a compiled graph)"
+
+
 def _raise_bad(target: Tensor, bad: Tensor, num_classes: int, ignore_index: int) -> None:
-    rows = bad.nonzero().flatten()
-    row = int(rows[0])
+    # A vmap-batched target has a leading batch dimension: the row is the last coordinate.
+    positions = bad.nonzero()
+    first = tuple(int(i) for i in positions[0])
     raise ValueError(
-        f"target: {rows.numel()} label(s) outside [0, {num_classes}) that are not "
-        f"ignore_index={ignore_index}; first at row {row}: {int(target[row])}"
+        f"target: {positions.shape[0]} label(s) outside [0, {num_classes}) that are not "
+        f"ignore_index={ignore_index}; first at row {first[-1]}: {int(target[first])}"
     )
 
 
@@ -85,7 +121,11 @@ def check_labels(target: Tensor | None = None, num_classes: int = 0, ignore_inde
         _poll(block=True)
         return
     if torch.compiler.is_compiling():
+        if target.device.type == "cpu":
+            bad = invalid_label_mask(target, num_classes, ignore_index)
+            torch._assert_async(~bad.any(), _BAD_LABEL_COMPILED)
         return
+    target = _unwrapped(target)
     on_cpu = target.device.type == "cpu"
     if _mode == "off" and not on_cpu:
         return
@@ -105,3 +145,21 @@ def check_labels(target: Tensor | None = None, num_classes: int = 0, ignore_inde
     if len(_pending) >= _MAX_PENDING:
         _poll(block=True)
     _pending.append((event, host, num_classes))
+
+
+def check_epsilon_rows(epsilon: Tensor) -> None:
+    """Raise ``ValueError`` naming the first row whose per-row bias is NaN or infinite, where that
+    costs no host sync (CPU) or one is asked for (``"sync"``); see the module docstring."""
+    if torch.compiler.is_compiling():
+        return
+    epsilon = _unwrapped(epsilon).detach()
+    if epsilon.device.type != "cpu" and _mode != "sync":
+        return
+    bad = ~torch.isfinite(epsilon)
+    if bool(bad.any()):
+        rows = bad.nonzero()
+        first = tuple(int(i) for i in rows[0])
+        raise ValueError(
+            f"epsilon: {rows.shape[0]} per-row bias(es) are NaN or infinite; first at row "
+            f"{first[-1]}: {float(epsilon[first])}"
+        )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from ._labels import check_labels
+from ._labels import check_epsilon_rows, check_labels, under_functorch
+from ._numbers import as_int64, as_real, is_finite, is_real
 from .backends import resolve_backend
 from .calibration import epsilon_for_classes
 from .specs import LossSpec, get_spec
@@ -61,12 +61,32 @@ def _resolve_epsilon(epsilon: object, logits: Tensor) -> float | Tensor:
             raise TypeError(f"epsilon tensor must be floating point, got {epsilon.dtype}")
         if epsilon.device != logits.device:
             raise ValueError(f"epsilon is on {epsilon.device} but logits are on {logits.device}")
+        if epsilon.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"epsilon tensor must be float64, float32, bfloat16 or float16, got {epsilon.dtype}")
         return epsilon
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+    if not is_real(epsilon):
         raise TypeError(f"epsilon must be a float, a [N] tensor or 'auto', got {type(epsilon).__name__}")
-    if not math.isfinite(epsilon):
+    epsilon = as_real(epsilon, "epsilon")
+    if not is_finite(epsilon):
         raise ValueError(f"epsilon must be finite, got {epsilon!r}")
-    return float(epsilon)
+    return epsilon
+
+
+def _resolve_backend(backend: object, logits: Tensor, epsilon: float | Tensor):
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if not under_functorch(logits, epsilon):
+        return resolve_backend(backend, logits.device)[1]
+    # torch.func (grad, vjp, jacrev, hessian, vmap) composes with plain PyTorch ops, which the
+    # torch backend is made of; the fused backends are custom ops with an analytic gradient
+    # buffer, which functorch cannot transform.
+    if backend not in ("auto", "torch"):
+        raise RuntimeError(
+            f"robustkernels: backend={backend!r} does not support torch.func transforms (grad, vjp, "
+            "jacrev, hessian, vmap); use backend='torch' or backend='auto' (which picks 'torch' "
+            "under torch.func), or compute per-sample gradients with reduction='none' and autograd"
+        )
+    return resolve_backend("torch", logits.device)[1]
 
 
 def robust_loss(
@@ -123,13 +143,12 @@ def robust_loss(
     _check_logits_target(logits, target)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    ignore_index = as_int64(ignore_index, "ignore_index")
     eps = _resolve_epsilon(epsilon, logits)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-    _, fn = resolve_backend(backend, logits.device)
+    fn = _resolve_backend(backend, logits, eps)
     check_labels(target, logits.shape[1], ignore_index)
+    if isinstance(eps, Tensor):
+        check_epsilon_rows(eps)
     if target.dtype not in (torch.int64, torch.int32):
         target = target.long()
     return fn(logits, target, spec, values, eps, reduction, ignore_index)

@@ -10,6 +10,7 @@ import inspect
 
 from torch import Tensor, nn
 
+from ._numbers import is_real
 from .api import EpsilonArg, robust_loss
 from .functional import param_docs
 from .specs import LOSSES, LossSpec, get_spec
@@ -49,9 +50,7 @@ class RobustLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.spec: LossSpec = get_spec(loss)
-        self.params = self.spec.as_dict(self.spec.resolve(params))
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        self._params = self.spec.as_dict(self.spec.resolve(params))
         self.epsilon = epsilon
         self.reduction = reduction
         self.ignore_index = ignore_index
@@ -60,6 +59,29 @@ class RobustLoss(nn.Module):
     @property
     def loss(self) -> str:
         return self.spec.name
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The hyper-parameters in spec order (a copy: set them as attributes, ``m.q = 0.5``)."""
+        return dict(self._params)
+
+    # Hyper-parameters read and write as attributes (``m.q``, ``m.q = 0.5``), validated on
+    # assignment as at construction, so that a schedule or a sweep that sets one is never
+    # silently ignored.
+    def __getattr__(self, name: str):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        spec = self.__dict__.get("spec")
+        if spec is not None and name in spec.param_index:
+            self._params[name] = spec.params[spec.param_index[name]].check(value, spec.name)
+        elif name == "reduction" and value not in ("none", "mean", "sum"):
+            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {value!r}")
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, input: Tensor, target: Tensor, epsilon: EpsilonArg | None = None) -> Tensor:
         return robust_loss(
@@ -70,14 +92,14 @@ class RobustLoss(nn.Module):
             reduction=self.reduction,
             ignore_index=self.ignore_index,
             backend=self.backend,
-            **self.params,
+            **self._params,
         )
 
     def extra_repr(self) -> str:
         parts = [] if type(self) is not RobustLoss else [repr(self.spec.name)]
-        parts += [f"{k}={v:g}" for k, v in self.params.items()]
+        parts += [f"{k}={v:g}" for k, v in self._params.items()]
         eps = self.epsilon
-        if isinstance(eps, (int, float)):
+        if is_real(eps):
             parts.append(f"epsilon={eps:g}")
         else:
             parts.append(f"epsilon={eps!r}" if isinstance(eps, str) else "epsilon=<tensor>")

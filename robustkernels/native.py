@@ -191,7 +191,13 @@ def robust_loss(
 ) -> Tensor:
     """The backend contract of :mod:`robustkernels.backends` on ``torch.ops.robustkernels``."""
     epsilon_rows = epsilon if isinstance(epsilon, Tensor) else None
-    scalar_epsilon = 0.0 if epsilon_rows is not None else float(epsilon)
+    if epsilon_rows is not None and epsilon_rows.dtype in (torch.float16, torch.bfloat16):
+        # The kernels read biases as float32 or float64; the cast is differentiable, so the
+        # bias's gradient still comes back in its own dtype.
+        epsilon_rows = epsilon_rows.float()
+    # No float(): under torch.compile(dynamic=True) it would turn a traced bias or
+    # hyper-parameter into a constant and recompile for every value.
+    scalar_epsilon = 0.0 if epsilon_rows is not None else epsilon
     needs_grad = torch.is_grad_enabled() and (
         logits.requires_grad or (epsilon_rows is not None and epsilon_rows.requires_grad)
     )
@@ -201,7 +207,7 @@ def robust_loss(
         epsilon_rows,
         scalar_epsilon,
         spec.kind,
-        [float(p) for p in params],
+        [p if isinstance(p, float) else float(p) for p in params],
         ignore_index,
         REDUCTION_CODES[reduction],
         needs_grad,

@@ -91,8 +91,10 @@ def robust_loss(
     from . import op
 
     eps_rows = epsilon if isinstance(epsilon, Tensor) else None
-    eps = 0.0 if eps_rows is not None else float(epsilon)
-    args = (logits, target, eps_rows, eps, spec.kind, [float(v) for v in params], int(ignore_index), reduction)
+    # No float() of a float: see robustkernels.native (traced values under dynamic=True).
+    eps = 0.0 if eps_rows is not None else epsilon
+    values = [v if isinstance(v, float) else float(v) for v in params]
+    args = (logits, target, eps_rows, eps, spec.kind, values, ignore_index, reduction)
     needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (eps_rows is not None and eps_rows.requires_grad))
     if needs_grad:
         return op.fused_loss_with_grad(*args)[0]
