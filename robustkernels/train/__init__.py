@@ -6,6 +6,18 @@ embedded CE vs MAE vs MAE+eps(K) demonstration. See ``docs/training.md``.
 
 from .config import TrainConfig, config_from_args, load_config
 from .demo import run_demo
+from .errors import CheckpointError, ConfigError, DivergedError, ResumeMismatchError, TrainError
 from .loop import train
 
-__all__ = ["TrainConfig", "config_from_args", "load_config", "run_demo", "train"]
+__all__ = [
+    "TrainConfig",
+    "config_from_args",
+    "load_config",
+    "run_demo",
+    "train",
+    "TrainError",
+    "ConfigError",
+    "CheckpointError",
+    "ResumeMismatchError",
+    "DivergedError",
+]

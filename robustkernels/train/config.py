@@ -9,7 +9,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainConfig", "load_config", "build_parser", "config_from_args"]
+from .errors import ConfigError
+from .validation import validate_config
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "build_parser", "config_from_args"]
 
 
 @dataclass
@@ -73,12 +76,18 @@ class TrainConfig:
     # output
     output_dir: str = "runs/train"
     checkpoint_every: int = 0  # steps; 0 = only at the end
-    resume: str | None = None  # checkpoint path, or "auto" for output_dir/checkpoint.pt if present
+    resume: str | None = None  # checkpoint path, or "auto": the newest readable one in output_dir
+    resume_override: bool = False  # resume even if settings differ from the checkpoint's (new values win)
+    trust_checkpoint: bool = False  # load a checkpoint with full pickle (runs code in it): own files only
     log_format: str = "jsonl"  # jsonl | csv
     plot: bool = True
     progress: bool = True
     time_loss_every: int = 20  # steps between synchronised timings of the loss share
     eval_every: int = 1  # epochs
+
+    def __post_init__(self) -> None:
+        # Every way of building a config (flags, YAML, Python, dataclasses.replace) is checked.
+        validate_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,20 +96,28 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML (or JSON) config; unknown keys raise ``ValueError`` naming them."""
-    with open(path, encoding="utf-8") as f:
-        if os.fspath(path).endswith(".json"):
-            data = json.load(f)
-        else:
-            import yaml
+def _read_mapping(path: str | os.PathLike) -> object:
+    """The parsed file; :class:`ConfigError` naming it when it cannot be read or parsed."""
+    import yaml
 
-            data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f) if os.fspath(path).endswith(".json") else yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
+        kind = "JSON" if os.fspath(path).endswith(".json") else "YAML"
+        raise ConfigError(f"config {path}: not valid {kind}: {exc}") from None
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML (or JSON) config; an unreadable file or unknown keys raise :class:`ConfigError`."""
+    data = _read_mapping(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of setting: value")
+        raise ConfigError(f"config {path}: a config must be a mapping of setting: value")
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        raise ConfigError(f"config {path}: unknown setting(s) {', '.join(unknown)}")
     return data
 
 
@@ -127,14 +144,26 @@ def _parse_params(text: str) -> dict[str, float]:
     out = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"loss parameters must be name=value pairs, got {item!r}")
-        out[key.strip()] = float(value)
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"loss parameters must be name=number pairs such as q=0.7,a=2; got {item!r}"
+            ) from None
     return out
 
 
 def _optional(kind):
-    return lambda text: None if text.lower() in ("none", "null", "") else kind(text)
+    """``kind``, or ``None`` for ``none`` / ``null`` / an empty value."""
+
+    def parse(text: str):
+        return None if text.lower() in ("none", "null", "") else kind(text)
+
+    # argparse names the type function in its message ("invalid int value: 'x'").
+    parse.__name__ = kind.__name__
+    return parse
 
 
 # Annotation text (postponed annotations are strings) -> parser of the flag's value.
@@ -162,12 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         kind = _FLAG_TYPES[str(f.type)]
-        parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=f"(default: {default})")
+        # A bare boolean flag (`--resume-override`) means true; `--amp false` still works.
+        bare = {"nargs": "?", "const": True} if kind is _parse_bool else {}
+        parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=f"(default: {default})", **bare)
     return parser
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
-    """Defaults, then ``--config`` YAML, then the flags given."""
+    """Defaults, then ``--config`` YAML, then the flags given; every value is validated.
+
+    Raises:
+        ConfigError: an unreadable config file, an unknown key, or a bad value (named).
+        SystemExit: a flag argparse cannot parse (it prints the usage, status 2).
+    """
     args = vars(build_parser().parse_args(argv))
     values: dict[str, Any] = {}
     path = args.pop("config", None)

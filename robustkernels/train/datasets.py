@@ -8,6 +8,8 @@ from torch.utils.data import Dataset
 
 from .. import data
 from .config import TrainConfig
+from .errors import ConfigError
+from .validation import DATASETS, DEFAULT_NOISE_MAPPING, setting_name
 
 __all__ = ["DataBundle", "build_data"]
 
@@ -24,8 +26,9 @@ class DataBundle:
 
 
 def _need(value: str | None, what: str, dataset: str) -> str:
+    # Validation already requires these; this keeps a hand-built config from failing obscurely.
     if not value:
-        raise ValueError(f"dataset={dataset!r} needs {what}")
+        raise ConfigError(f"--dataset {dataset} needs {what}")
     return value
 
 
@@ -37,9 +40,9 @@ def build_data(cfg: TrainConfig) -> DataBundle:
         return DataBundle(train, {"val": val}, train.num_classes, tuple(train.images.shape[1:]))
     if name == "digits":
         train, val = data.digits_dataset("train"), data.digits_dataset("val")
-        return DataBundle(train, {"val": val}, 10, tuple(train.images.shape[1:]), "mnist")
+        return DataBundle(train, {"val": val}, 10, tuple(train.images.shape[1:]), DEFAULT_NOISE_MAPPING[name])
     if name in ("cifar10", "cifar100", "fashion_mnist"):
-        root = _need(cfg.data_root, "data_root", name)
+        root = _need(cfg.data_root, setting_name("data_root"), name)
         loader = getattr(data, name)
         train, val = loader(root, "train"), loader(root, "test")
         return DataBundle(train, {"test": val}, train.num_classes, tuple(train.images.shape[1:]), name)
@@ -47,7 +50,7 @@ def build_data(cfg: TrainConfig) -> DataBundle:
     train_tf = data.transforms.webvision_train_transform(cfg.image_size)
     val_tf = data.transforms.webvision_val_transform(cfg.image_size)
     if name in ("webvision", "mini_webvision"):
-        root = _need(cfg.data_root, "data_root (the WebVision root holding info/)", name)
+        root = _need(cfg.data_root, setting_name("data_root") + " (the WebVision root holding info/)", name)
         if name == "webvision":
             train = data.webvision(root, "train", transform=train_tf)
             vals = {"webvision_val": data.webvision(root, "val", transform=val_tf)}
@@ -60,20 +63,17 @@ def build_data(cfg: TrainConfig) -> DataBundle:
             )
         return DataBundle(train, vals, train.num_classes, shape)
     if name == "imagefolder":
-        train = data.image_folder(_need(cfg.data_root, "data_root", name), transform=train_tf)
-        val = data.image_folder(_need(cfg.val_root, "val_root", name), transform=val_tf)
+        train = data.image_folder(_need(cfg.data_root, setting_name("data_root"), name), transform=train_tf)
+        val = data.image_folder(_need(cfg.val_root, setting_name("val_root"), name), transform=val_tf)
         return DataBundle(train, {"val": val}, train.num_classes, shape)
     if name == "filelist":
-        root = _need(cfg.data_root, "data_root", name)
-        train = data.file_list(root, _need(cfg.train_list, "train_list", name), transform=train_tf)
+        root = _need(cfg.data_root, setting_name("data_root"), name)
+        train = data.file_list(root, _need(cfg.train_list, setting_name("train_list"), name), transform=train_tf)
         val = data.file_list(
             cfg.val_root or root,
-            _need(cfg.val_list, "val_list", name),
+            _need(cfg.val_list, setting_name("val_list"), name),
             num_classes=train.num_classes,
             transform=val_tf,
         )
         return DataBundle(train, {"val": val}, train.num_classes, shape)
-    raise ValueError(
-        "dataset must be one of composite_digits, digits, cifar10, cifar100, fashion_mnist, webvision, "
-        f"mini_webvision, imagefolder, filelist; got {name!r}"
-    )
+    raise ConfigError(f"{setting_name('dataset')} must be one of {', '.join(DATASETS)}, got {name!r}")

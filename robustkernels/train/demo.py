@@ -106,7 +106,8 @@ def run_demo(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m robustkernels.train demo",
-        description="CE vs MAE vs MAE+eps(K) on 1000 classes of handwritten digits with 40%% label noise.",
+        # argparse %-formats help= strings, but prints a description without %(prog) as written.
+        description="CE vs MAE vs MAE+eps(K) on 1000 classes of handwritten digits with 40% label noise.",
     )
     parser.add_argument("--quick", action="store_true", help="shortened form for CI (well under a minute)")
     parser.add_argument("--out", default="runs/demo", help="output folder (logs, checkpoints)")

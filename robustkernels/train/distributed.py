@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "all_reduce_sum"]
+__all__ = ["DistContext", "init_distributed", "all_reduce_sum", "all_reduce_min"]
 
 
 @dataclass(frozen=True)
@@ -57,4 +57,11 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum ``values`` over ranks (no-op on one process)."""
     if ctx.distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_reduce_min(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Element-wise minimum over ranks (no-op on one process)."""
+    if ctx.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
     return values

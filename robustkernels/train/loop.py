@@ -22,20 +22,27 @@ from ..data.tensor import TensorDataset
 from ..data.transforms import crop_flip
 from ..modules import RobustLoss
 from ..noise import inject_noise
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import ResumePoint, capture_rng, find_resume_point, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig
 from .datasets import build_data
-from .distributed import DistContext, all_reduce_sum, init_distributed
+from .distributed import DistContext, all_reduce_min, all_reduce_sum, init_distributed
+from .errors import ConfigError, DivergedError, ResumeMismatchError
 from .metrics import EpochLog, topk_correct
 from .models import build_model
 from .optim import build_optimizer, lr_lambda, scaled_lr
+from .resume import check_resume_config, restore_training_state
 from .sampler import ResumableSampler
+from .validation import setting_name
 
 __all__ = ["train", "CHECKPOINT_NAME"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+# Steps between host-side checks for a non-finite loss (also checked at every epoch end and
+# before every checkpoint, so no checkpoint ever holds a diverged model).
+_FINITE_CHECK_EVERY = 50
 
 
 class _FixedEpsilon:
@@ -139,17 +146,104 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _NonFiniteWatch:
+    """The first step whose loss was NaN or infinite, tracked on the device without a host sync per step."""
+
+    _NONE = 2**62
+
+    def __init__(self, step: int, device: torch.device) -> None:
+        self._step = torch.full((), step, dtype=torch.int64, device=device)
+        self._first = torch.full((), self._NONE, dtype=torch.int64, device=device)
+
+    def observe(self, loss: Tensor) -> None:
+        """Count one step; remember it if ``loss`` is not finite."""
+        self._step += 1
+        bad = ~torch.isfinite(loss.detach())
+        self._first = torch.where(bad, torch.minimum(self._first, self._step), self._first)
+
+    def first_bad_step(self, ctx: DistContext) -> int | None:
+        """The first bad step on any rank (a collective under DDP), or ``None``."""
+        first = all_reduce_min(self._first.clone(), ctx)
+        value = int(first.item())
+        return None if value == self._NONE else value
+
+
+def _stop_if_diverged(watch: _NonFiniteWatch, ctx: DistContext, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    bad = watch.first_bad_step(ctx)
+    if bad is None:
+        return
+    lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch, cfg.lr_scaling)
+    scaled = f", {lr:g} after scaling to batch {cfg.batch_size}" if lr != cfg.lr else ""
+    epoch = (bad - 1) // steps_per_epoch + 1
+    raise DivergedError(
+        f"the training loss ({cfg.loss}) became NaN or infinite at step {bad} (epoch {epoch}) "
+        f"with --lr {cfg.lr:g}{scaled}: the run diverged. Lower --lr (for example to {cfg.lr / 10:g}), add warm-up "
+        f"(--warmup-epochs) or clip gradients (--grad-clip). Checkpoints written before step {bad} are kept"
+    )
+
+
+def _per_rank_batch(cfg: TrainConfig, ctx: DistContext) -> int:
+    if cfg.batch_size % ctx.world_size:
+        raise ConfigError(
+            f"{setting_name('batch_size')} is the global batch and must be divisible by the {ctx.world_size} ranks, "
+            f"got {cfg.batch_size}"
+        )
+    return cfg.batch_size // ctx.world_size
+
+
+def _find_resume(cfg: TrainConfig, ckpt_path: str, ctx: DistContext) -> ResumePoint | None:
+    """The checkpoint ``cfg.resume`` names, loaded (``auto``: the newest readable one, or none)."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        point = find_resume_point(ckpt_path, cfg.trust_checkpoint)
+    else:
+        point = ResumePoint(cfg.resume, load_checkpoint(cfg.resume, cfg.trust_checkpoint))
+    if point is not None and ctx.is_main:
+        for message in point.skipped:
+            log.warning("%s", message)
+        if point.skipped and os.path.exists(ckpt_path):
+            # Set the unreadable newest aside: the next write would otherwise rotate it over the
+            # readable one this run resumed from.
+            os.replace(ckpt_path, ckpt_path + ".unreadable")
+            log.warning("moved the unreadable %s to %s.unreadable", ckpt_path, ckpt_path)
+    return point
+
+
+def _rank_state(point: ResumePoint, ctx: DistContext) -> dict[str, Any]:
+    saved = point.state["per_rank"]
+    if len(saved) != ctx.world_size:
+        raise ResumeMismatchError(
+            f"checkpoint {point.path} was written by {len(saved)} ranks; resume it with the same number "
+            f"(here {ctx.world_size}) so every rank continues its own sample stream"
+        )
+    return saved[ctx.rank]
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; returns ``{"history": [...], "final": {...}}``.
 
     Under torchrun every rank calls this; rank 0 writes logs, checkpoints and the plot.
+
+    Raises:
+        CheckpointError: the checkpoint to resume from is unreadable, unsafe or does not fit.
+        ResumeMismatchError: resuming with changed settings without ``resume_override``.
+        ConfigError: the batch does not fit the data or the ranks.
+        DivergedError: the loss became NaN or infinite.
     """
     ctx = init_distributed(cfg.device)
     if cfg.threads and ctx.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    if cfg.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {ctx.world_size} ranks")
-    per_rank = cfg.batch_size // ctx.world_size
+    per_rank = _per_rank_batch(cfg, ctx)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
+    # The checkpoint is read and its settings compared before any data is built, so a refusal is immediate.
+    point = _find_resume(cfg, ckpt_path, ctx)
+    changes: dict[str, tuple[object, object]] = {}
+    if point is not None:
+        changes, warnings = check_resume_config(point, cfg)
+        for message in warnings if ctx.is_main else ():
+            log.warning("%s", message)
     _seed_everything(cfg.seed)
 
     bundle = build_data(cfg)
@@ -165,7 +259,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_set = bundle.train.with_targets(torch.as_tensor(noisy.labels))
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training images")
+        raise ConfigError(
+            f"{setting_name('batch_size')} must not exceed the {len(train_set)} training images, got {cfg.batch_size}"
+        )
     total_steps = cfg.epochs * steps_per_epoch
     last_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
 
@@ -198,35 +294,29 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.compile:
         net = torch.compile(net)
 
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
     epoch_log = EpochLog(cfg.output_dir, cfg.log_format, enabled=ctx.is_main)
     step, partial, rng_state = 0, None, None
     loss_timing = [0.0, 0.0]  # seconds in the loss (forward + backward), seconds in the whole step
-    resume = cfg.resume
-    if resume == "auto":
-        resume = ckpt_path if os.path.exists(ckpt_path) else None
-    if resume:
-        state = load_checkpoint(resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr_scheduler"])
-        eps_sched.load_state_dict(state["eps_scheduler"])
+    if point is not None:
+        mine = _rank_state(point, ctx)
+        for message in restore_training_state(point, model, optimizer, lr_sched, eps_sched, changes):
+            if ctx.is_main:
+                log.warning("%s", message)
+        state = point.state
         step, loss_timing, epoch_log.history = state["step"], state["loss_timing"], state["history"]
-        saved = state["per_rank"]
-        if len(saved) != ctx.world_size:
-            raise ValueError(
-                f"{resume} was written by {len(saved)} ranks; resume it with the same number "
-                f"(here {ctx.world_size}) so every rank continues its own sample stream"
-            )
-        rng_state, partial = saved[ctx.rank]["rng"], saved[ctx.rank]["partial"]
+        # With changed settings the saved partial-epoch sums belong to the old run: not mixed in.
+        rng_state, partial = mine["rng"], None if changes else mine["partial"]
         if ctx.is_main:
-            log.info("resumed from %s at step %d", resume, step)
+            log.info("resumed from %s at step %d", point.path, step)
 
     sampler = ResumableSampler(len(train_set), ctx.world_size, ctx.rank, cfg.seed)
     tensor_data = isinstance(train_set, TensorDataset)
 
+    saved_at = [step if point is not None else -1]  # the step of the last checkpoint written or read
+
     def checkpoint(partial_epoch: dict | None) -> None:
+        _stop_if_diverged(watch, ctx, cfg, steps_per_epoch)  # a diverged model never overwrites a good one
+        saved_at[0] = step
         # Per-rank state (RNG streams, this rank's partial epoch sums) is gathered to rank 0.
         per_rank = [{"rng": capture_rng(), "partial": partial_epoch}]
         if ctx.distributed:
@@ -248,6 +338,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 },
             )
 
+    watch = _NonFiniteWatch(step, ctx.device)
     if rng_state is not None:
         restore_rng(rng_state)  # last, so nothing above consumes the restored streams
     model.train()
@@ -304,6 +395,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             lr_sched.step()
             eps_sched.step()
             step += 1
+            watch.observe(loss)
             with torch.no_grad():
                 correct = (logits.argmax(1) == y).sum()
                 sums += torch.stack(
@@ -322,6 +414,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if progress is not None:
                 progress.update(1)
             end_of_epoch = step % steps_per_epoch == 0
+            if step % _FINITE_CHECK_EVERY == 0 or end_of_epoch or step >= last_step:
+                _stop_if_diverged(watch, ctx, cfg, steps_per_epoch)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 if end_of_epoch:
                     checkpoint_after_epoch = True  # after the epoch's evaluation is logged
@@ -371,7 +465,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             checkpoint(None)
     if progress is not None:
         progress.close()
-    checkpoint(stop_partial)
+    if saved_at[0] != step:  # not already written at this very step (which would drop the older one)
+        checkpoint(stop_partial)
     if cfg.plot and ctx.is_main and epoch_log.history:
         from .plot import plot_history
 
