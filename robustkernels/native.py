@@ -6,14 +6,11 @@ of :mod:`robustkernels.backends`.
 
 One read, one write. When a gradient is needed, ``loss_forward`` reads the logits once and
 writes the per-row loss and ``d loss / d logits`` -- already scaled by ``1 / count`` for
-``mean``, the count taken on the device -- into a fresh buffer. The backward then only applies
-``grad_output`` to that buffer in place (``scale_grad_``): a scalar ``grad_output`` equal to 1,
-the usual ``loss.backward()``, is recognised by the kernel itself and nothing more is read or
-written, without a host sync. The buffer is handed to autograd as the gradient, so autograd may
-adopt it as ``logits.grad`` and later modify it in place; a second backward through the same
-graph (``retain_graph=True``) therefore never reuses it but recomputes the gradient from the
-saved logits. A backward with ``create_graph=True`` (double backward) goes through the
-pure-PyTorch reference on the saved inputs, so second derivatives are exact.
+``mean``, the count taken on the device -- into a fresh buffer; ``scale_grad_`` applies
+``grad_output`` to it in place (a scalar ``grad_output`` equal to 1 is recognised by the kernel
+itself and nothing more is read or written, without a host sync). What the backward does with
+the buffer (retain_graph, double backward, tracing) is the design shared with the Triton
+backend, :mod:`robustkernels._fused_autograd`.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ import platform
 import torch
 from torch import Tensor
 
+from ._fused_autograd import FusedOp, register_autograd
 from .reference import compute_dtype
 from .specs import LossSpec
 
@@ -88,96 +86,32 @@ def _fake_scale_grad_(grad: Tensor, grad_output: Tensor) -> None:
     return None
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    logits, target, epsilon_rows, epsilon, kind, params, ignore_index, reduction, compute_grad = inputs
-    _, grad = output
-    # The gradient buffer is an implementation detail, not a differentiable result; marking it
-    # also stops autograd from materialising a zero [N, K] gradient for it in backward.
-    ctx.mark_non_differentiable(grad)
-    # Without this autograd would still pass backward a zero [N, K] tensor for that output
-    # (measured: 14 ms per call at N=8192, K=1000 on CPU).
-    ctx.set_materialize_grads(False)
-    ctx.grad_buffer = grad if compute_grad else None
-    ctx.save_for_backward(logits, target, epsilon_rows)
-    ctx.op_args = (epsilon, kind, params, ignore_index, reduction)
+def _recompute_grad(logits: Tensor, target: Tensor, epsilon_rows: Tensor | None, op_args: tuple) -> Tensor:
+    epsilon, kind, params, ignore_index, reduction, _ = op_args
+    return torch.ops.robustkernels.loss_forward(
+        logits, target, epsilon_rows, epsilon, kind, params, ignore_index, reduction, True
+    )[1]
 
 
-def _differentiable_backward(ctx, grad_loss: Tensor):
-    """``create_graph=True`` (gradient penalties, Hessian-vector products): the gradient must be
-    a differentiable function of the logits, which the kernel's buffer is not. It is recomputed
-    through the pure-PyTorch reference on the saved inputs, whose autograd graph carries the
-    second derivatives. Only this rare path pays for it; ``bitemp``'s reference gradient is
-    once-differentiable and says so."""
-    from . import _torch_backend
-    from .specs import LOSSES
-
-    logits, target, epsilon_rows = ctx.saved_tensors
-    epsilon, kind, params, ignore_index, reduction = ctx.op_args
-    ctx.grad_buffer = None
-    spec = next(s for s in LOSSES.values() if s.kind == kind)
-    reduction_name = next(name for name, code in REDUCTION_CODES.items() if code == reduction)
-    loss = _torch_backend.robust_loss(
-        logits,
-        target,
-        spec,
-        tuple(params),
-        epsilon if epsilon_rows is None else epsilon_rows,
-        reduction_name,
-        ignore_index,
-    )
-    wanted = [(i, t) for i, t in ((0, logits), (2, epsilon_rows)) if ctx.needs_input_grad[i]]
-    grads = torch.autograd.grad(loss, [t for _, t in wanted], grad_loss, create_graph=True, allow_unused=True)
-    out: list[Tensor | None] = [None] * 9
-    for (i, _), g in zip(wanted, grads):
-        out[i] = g
-    return tuple(out)
+def _decode(op_args: tuple) -> tuple[float, int, list[float], int, str]:
+    epsilon, kind, params, ignore_index, reduction, _ = op_args
+    return epsilon, kind, params, ignore_index, _REDUCTION_NAMES[reduction]
 
 
-def _backward(ctx, grad_loss: Tensor, _grad_of_grad_buffer: Tensor | None):
-    if grad_loss is None:  # not reachable from the loss (grads are not materialised)
-        return None, None, None, None, None, None, None, None, None
-    if torch.is_grad_enabled():
-        return _differentiable_backward(ctx, grad_loss)
-    logits, target, epsilon_rows = ctx.saved_tensors
-    epsilon, kind, params, ignore_index, reduction = ctx.op_args
-    grad = ctx.grad_buffer
-    ctx.grad_buffer = None  # handed to autograd below: never reused by a later backward
-    if grad is None:
-        _, grad = torch.ops.robustkernels.loss_forward(
-            logits, target, epsilon_rows, epsilon, kind, params, ignore_index, reduction, True
-        )
-    if _in_functional_trace(grad):
-        # Under torch.compile / AOT tracing the graph must stay functional: the product is a
-        # fresh tensor that Inductor fuses into its consumer.
-        grad = grad * (grad_loss if grad_loss.dim() == 0 else grad_loss.unsqueeze(1)).to(grad.dtype)
-    else:
-        torch.ops.robustkernels.scale_grad_(grad, grad_loss)
-    grad_epsilon = None
-    if ctx.needs_input_grad[2]:
-        # eps adds to the label logit, so d loss / d eps_i = d loss / d z_{i, y_i}; ignored and
-        # invalid rows get 0, as in the torch backend (their eps is masked out there).
-        labels = target.long()
-        valid = (labels >= 0) & (labels < logits.shape[1])
-        picked = grad.gather(1, labels.where(valid, 0).unsqueeze(1)).squeeze(1)
-        grad_epsilon = torch.where(valid, picked, 0).to(epsilon_rows.dtype)
-    return grad, None, grad_epsilon, None, None, None, None, None, None
-
-
-def _in_functional_trace(t: Tensor) -> bool:
-    """Whether ``t`` belongs to a graph being traced (fake/functional tensors), where an
-    in-place op on a saved tensor must be avoided."""
-    if torch.compiler.is_compiling():
-        return True
-    from torch._subclasses.fake_tensor import FakeTensor
-    from torch._subclasses.functional_tensor import FunctionalTensor
-
-    return isinstance(t, (FakeTensor, FunctionalTensor))
+_REDUCTION_NAMES = {code: name for name, code in REDUCTION_CODES.items()}
 
 
 if _LOAD_ERROR is None:
     torch.library.register_fake("robustkernels::loss_forward")(_fake_loss_forward)
     torch.library.register_fake("robustkernels::scale_grad_")(_fake_scale_grad_)
-    torch.library.register_autograd("robustkernels::loss_forward", _backward, setup_context=_setup_context)
+    register_autograd(
+        FusedOp(
+            op="robustkernels::loss_forward",
+            recompute=_recompute_grad,
+            scale_in_place=torch.ops.robustkernels.scale_grad_,
+            decode=_decode,
+        )
+    )
 
 
 def robust_loss(

@@ -6,23 +6,10 @@ Two ops in the ``robustkernels_triton`` namespace:
     forward only: no gradient buffer is allocated or written.
 ``fused_loss_with_grad(...same...) -> (loss, grad)``
     the loss plus ``dL/dlogits`` (already divided by the row count for ``mean``) in a fresh buffer
-    of the logits' dtype. Its autograd formula (``_backward``) turns that buffer into the gradient:
-
-    * first backward of the graph: ``rescale_grad_kernel`` multiplies the buffer in place by
-      ``grad_output`` where that is not 1 (read on the device: no host sync; for ``grad_output == 1``
-      no gradient byte moves) and returns the buffer itself. The buffer is saved with
-      ``save_for_backward`` so that autograd releases it right after the backward and
-      AccumulateGrad can adopt it as ``.grad`` without a copy. The launch is direct (not a
-      mutating op) so the saved tensor's version counter does not move and a retained graph can
-      be unpacked again;
-    * later backward calls (``retain_graph=True``): the buffer holds ``g_first * dL/dz``; the result
-      is the fresh tensor ``buffer * g_new / g_first`` (the first ``grad_output`` is kept on the
-      device). Out of place, so a gradient returned earlier is never modified behind the caller's
-      back. After ``g_first = 0`` (or inf / NaN) the buffer has lost ``dL/dz``: the result is NaN
-      wherever ``g_new != g_first``, a loud failure instead of a silently wrong gradient;
-    * under tracing (torch.compile / AOTAutograd / opcheck, where the tensors are functional or fake
-      wrappers) the backward is always the functional ``buffer * grad_output``: correct under every
-      replay of the compiled graph, at one more read + write.
+    of the logits' dtype. Its autograd formula is the design shared with the native backend
+    (:mod:`robustkernels._fused_autograd`); the in-place scaling by ``grad_output`` is
+    ``rescale_grad_kernel``, which reads ``grad_output`` on the device (no host sync) and moves no
+    gradient byte where it is 1.
 
 Compiled kernels are registered with ``torch.library.triton_op`` + ``wrap_triton`` (the op body is
 then also the fake kernel, and Inductor sees the Triton call). Under ``TRITON_INTERPRET=1`` the
@@ -41,6 +28,7 @@ import contextlib
 import torch
 from torch import Tensor
 
+from .._fused_autograd import FusedOp, register_autograd
 from ..reference import compute_dtype
 from ..specs import LOSSES, LossSpec
 from . import kernels
@@ -212,7 +200,8 @@ def _rescale_in_place(grad: Tensor, grad_output: Tensor) -> None:
     per_row = grad_output.dim() == 1
     cfg = rescale_config(num_rows, num_classes)
     with _on_device(grad):
-        # A direct launch, not a mutating op: see the module docstring (version counter).
+        # A direct launch, not a mutating op: the buffer is private to the autograd formula,
+        # so no functionalization or version-counter bookkeeping is owed.
         kernels.rescale_grad_kernel[(cfg.grid_rows, cfg.grid_cols)](
             grad,
             grad_output,
@@ -225,25 +214,6 @@ def _rescale_in_place(grad: Tensor, grad_output: Tensor) -> None:
             BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps,
         )
-
-
-def _rescaled_copy(grad: Tensor, new: Tensor, old: Tensor | None) -> Tensor:
-    """``grad * new / old`` out of place (``old = None``: the buffer holds the unscaled gradient)."""
-    cdtype = compute_dtype(grad.dtype)
-    factor = new.to(cdtype)
-    if old is not None:
-        old = old.to(cdtype)
-        recoverable = (old != 0) & old.isfinite()
-        ratio = torch.where(recoverable, factor / torch.where(recoverable, old, 1.0), float("nan"))
-        factor = torch.where(factor == old, 1.0, ratio)
-    if factor.dim() == 1:
-        factor = factor.unsqueeze(1)
-    return (grad.to(cdtype) * factor).to(grad.dtype)
-
-
-def _is_traced(t: Tensor) -> bool:
-    # Functional / fake / proxy wrappers (torch.compile, AOTAutograd, opcheck) are Tensor subclasses.
-    return type(t) is not torch.Tensor
 
 
 # ---- registration --------------------------------------------------------------------------------
@@ -274,49 +244,16 @@ else:
     fused_loss_with_grad = triton_op(f"{NAMESPACE}::fused_loss_with_grad", _fused_loss_with_grad, mutates_args=())
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    logits, target, eps_rows = inputs[0], inputs[1], inputs[2]
-    _, grad = output
-    ctx.mark_non_differentiable(grad)
-    # The grad of `grad` is never used: do not materialise [N, K] zeros for it.
-    ctx.set_materialize_grads(False)
-    ctx.num_classes = logits.shape[1]
-    ctx.eps_dtype = None if eps_rows is None else eps_rows.dtype
-    ctx.first_grad_output = None  # set by the first (in-place) backward
-    # save_for_backward, not a ctx attribute: released right after a backward without
-    # retain_graph, so AccumulateGrad can adopt the returned buffer as .grad without a copy.
-    ctx.save_for_backward(grad, target)
+def _recompute_grad(logits: Tensor, target: Tensor, eps_rows: Tensor | None, op_args: tuple) -> Tensor:
+    return fused_loss_with_grad(logits, target, eps_rows, *op_args)[1]
 
 
-def _backward(ctx, grad_loss, _grad_of_grad):
-    grad, target = ctx.saved_tensors
-    if grad_loss is None:
-        return (None,) * 8
-    if torch.is_grad_enabled() and not _is_traced(grad):
-        # The buffer is a number, not a function of the logits (which are not even saved):
-        # returning it under create_graph=True would make every second derivative silently 0.
-        raise RuntimeError(
-            "robustkernels triton backend: double backward (create_graph=True) is not supported; "
-            "use backend='native' or backend='torch'"
-        )
-    if _is_traced(grad):
-        grad_logits = _rescaled_copy(grad, grad_loss, None)
-    elif ctx.first_grad_output is None:
-        _rescale_in_place(grad, grad_loss)
-        ctx.first_grad_output = grad_loss.detach().clone()  # O(1) or O(N); the caller may reuse its tensor
-        grad_logits = grad
-    else:
-        grad_logits = _rescaled_copy(grad, grad_loss, ctx.first_grad_output)
-    grad_eps = None
-    if ctx.eps_dtype is not None and ctx.needs_input_grad[2]:
-        # eps_i enters only through z_{i, y_i}: d L / d eps_i = d L / d z_{i, y_i}. Ignored rows
-        # have a zero gradient row and invalid ones a NaN row, so a clamped label reads the right
-        # value (0 or NaN) and never indexes out of bounds.
-        label = target.long().clamp(0, ctx.num_classes - 1).unsqueeze(1)
-        grad_eps = grad_logits.gather(1, label).squeeze(1).to(ctx.eps_dtype)
-    if not ctx.needs_input_grad[0]:
-        grad_logits = None
-    return grad_logits, None, grad_eps, None, None, None, None, None
-
-
-fused_loss_with_grad.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(
+    FusedOp(
+        op=fused_loss_with_grad,
+        recompute=_recompute_grad,
+        # Looked up at call time, so that a test can record the launches by patching the module.
+        scale_in_place=lambda grad, grad_output: _rescale_in_place(grad, grad_output),
+        decode=tuple,  # (eps, kind, params, ignore_index, reduction), the reduction by name
+    )
+)
