@@ -1,4 +1,4 @@
-"""Reports of ``benchmarks/run.py``: the issue #7 target check, the markdown and the plots.
+"""Reports of ``benchmarks/run.py``: the GPU target check, the markdown and the plots.
 
 Everything here reads the records the runner produced (one dict per loss x backend x N x K x
 dtype x mode) and measures nothing, so a report can be regenerated from a saved JSON.
@@ -70,7 +70,7 @@ def _target(key: tuple, target: str, what: str, value: float, want: float, highe
 
 
 def check_targets(records: list[dict]) -> list[dict]:
-    """Each issue #7 target (K = 1000, forward + backward) for every measured loss/dtype/N:
+    """Each GPU target (K = 1000, forward + backward) for every measured loss/dtype/N:
     ``met`` is True/False; targets whose configurations were not measured do not appear.
     "Fused" is the faster of the fused backends of that configuration."""
     out = []
@@ -101,11 +101,11 @@ def _targets_md(results: dict) -> list[str]:
         return [
             "## Targets",
             "",
-            "The issue #7 targets (K = 1000, forward + backward) are GPU targets; they are not evaluated on CPU.",
+            "The targets (K = 1000, forward + backward) are GPU targets; they are not evaluated on CPU.",
             "",
         ]
     targets = results["targets"]
-    lines = ["## Targets (issue #7, K = 1000, forward + backward)", "", "| target | status | met |", "|---|---|---:|"]
+    lines = ["## Targets (K = 1000, forward + backward)", "", "| target | status | met |", "|---|---|---:|"]
     for key, text in TARGET_TEXT.items():
         rows = [t for t in targets if t["target"] == key]
         met = sum(t["met"] for t in rows)

@@ -1,7 +1,7 @@
 """Device-generic benchmark of every loss: fused backends against the PyTorch a user would write.
 
     python -m benchmarks.run --quick --out /tmp/bench          # ce, mae at K = 1000, N = 256, 1024
-    python -m benchmarks.run --device cuda --keep-going         # the full grid of issue #7 (hours)
+    python -m benchmarks.run --device cuda --keep-going         # the full GPU target grid (hours)
     python -m benchmarks.run --losses mae,gce --n 1024,4096 --k 1000 --dtypes float32 --modes fwd+bwd
     python -m benchmarks.run --losses bitemp,nfl --k 1000 --merge   # add to the report already in --out
 
@@ -35,7 +35,7 @@ stops with an error (``--keep-going``: the configuration is recorded as failed, 
 is 2). A wrong baseline would make any speed-up meaningless.
 
 Outputs in ``--out`` (default ``benchmarks/results``): ``<device-slug>.json`` (records and
-metadata), ``<device-slug>.md`` (tables, the issue #7 targets on CUDA) and
+metadata), ``<device-slug>.md`` (tables, the GPU targets on CUDA) and
 ``<device-slug>-time.png`` / ``<device-slug>-copy.png``. The slug is never plain ``cpu``:
 ``cpu.json`` / ``cpu.md`` belong to ``benchmarks/cpu.py``. Every ``torch.compile`` costs seconds
 (one per configuration: ``dynamic=False`` specialises on the shape), so a large grid is best

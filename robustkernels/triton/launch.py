@@ -1,7 +1,7 @@
 """Launch parameters for the kernels: a fixed heuristic keyed on ``K`` and the dtype.
 
-There was no GPU to autotune on when this was written, so the numbers below come from the usual
-register / bandwidth reasoning, not from measurements (GPU tuning belongs to the benchmark issue):
+The numbers below come from the usual register / bandwidth reasoning and ptxas reports, not from
+GPU timings (none have been measured yet; ``benchmarks.run --device cuda`` is the tool for it):
 
 * **Single pass** while the padded row ``BLOCK_K = next_pow2(K)`` fits ``MAX_SINGLE_PASS_BLOCK``
   elements: a row tile lives in registers as fp32 (fp64 for fp64 input) whatever the input dtype,

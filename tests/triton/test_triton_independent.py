@@ -1,4 +1,4 @@
-"""Done-when of issue #3: every loss agrees with an independent implementation of the formulas.
+"""Every loss agrees with an independent implementation of the formulas.
 
 ``tests/independent.py`` (NumPy float64, closed-form gradients, written from the paper formulas and
 not from the reference code) is evaluated on the float32-quantised inputs, so it is at least as
