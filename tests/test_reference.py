@@ -29,7 +29,7 @@ def _eps_cases(n):
 @pytest.mark.parametrize("k", [13, 1000])
 @pytest.mark.parametrize("eps_case", ["0", "1.7", "per-row"])
 def test_matches_independent_float64(name, k, eps_case):
-    """Done-when: all 16 losses agree with an independent implementation to 1e-9 (values, grads)."""
+    """All 16 losses agree with an independent implementation to 1e-9 (values, grads)."""
     n = 16
     logits, target = _inputs(n, k, seed=k)
     eps = _eps_cases(n)[eps_case]
