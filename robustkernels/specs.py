@@ -90,6 +90,9 @@ class LossSpec:
             ``None`` otherwise. Used by the property tests.
         bounded: whether the loss is bounded in ``p_y`` (the paper's subject).
         notes: differences from published code users should know about.
+        terms: the primitive losses the loss is a weighted sum of (``("nce", "agce")`` for
+            ``nce_agce``); a loss that is one primitive names itself. The kernels' passes over a
+            row follow from them (``nce`` needs ``sum_k log p_k``, ``nfl`` the focal sums).
     """
 
     name: str
@@ -102,9 +105,12 @@ class LossSpec:
     symmetric_sum: object = None
     bounded: bool = True
     notes: str = ""
+    terms: tuple[str, ...] = ()
     param_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not self.terms:
+            object.__setattr__(self, "terms", (self.name,))
         object.__setattr__(self, "param_index", MappingProxyType({p.name: i for i, p in enumerate(self.params)}))
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
@@ -279,6 +285,7 @@ _SPECS = (
         (_alpha(0.1), _beta(1.0), _rce_a()),
         _SCE,
         bounded=False,
+        terms=("ce", "rce"),
     ),
     LossSpec(
         "nce_mae",
@@ -289,6 +296,7 @@ _SPECS = (
         (_alpha(1.0), _beta(1.0)),
         _APL,
         notes="The MAE term is (1 - p_y), as in APL/ALFs whose alpha/beta users copy.",
+        terms=("nce", "mae"),
     ),
     LossSpec(
         "nf_mae",
@@ -299,6 +307,7 @@ _SPECS = (
         (_alpha(1.0), _beta(1.0), _gamma()),
         _APL,
         notes="The MAE term is (1 - p_y); exact focal gradient.",
+        terms=("nfl", "mae"),
     ),
     LossSpec(
         "nce_rce",
@@ -308,6 +317,7 @@ _SPECS = (
         "alpha * nce + beta * rce",
         (_alpha(1.0), _beta(1.0), _rce_a()),
         _APL,
+        terms=("nce", "rce"),
     ),
     LossSpec(
         "nce_agce",
@@ -317,6 +327,7 @@ _SPECS = (
         "alpha * nce + beta * agce",
         (_alpha(1.0), _beta(4.0), Param("a", 6.0, 0.0, math.inf), Param("q", 1.5, 0.0, math.inf)),
         _ALF,
+        terms=("nce", "agce"),
     ),
     LossSpec(
         "bitemp",

@@ -46,8 +46,9 @@ BITEMP = tl.constexpr(LOSSES["bitemp"].kind)
 
 #: Loss kinds whose gradient has the NCE terms (a row sum of log p) / the NFL terms (row sums of
 #: focal_k and h_k). The launcher turns membership into the kernels' LOGP_SUM / FOCAL_SUMS constexprs.
-LOGP_SUM_KINDS = frozenset(LOSSES[n].kind for n in ("nce", "nce_mae", "nce_rce", "nce_agce"))
-FOCAL_SUMS_KINDS = frozenset(LOSSES[n].kind for n in ("nfl", "nf_mae"))
+#: Both follow from the terms each spec names, as the C++ families do (csrc/loss_kinds.h).
+LOGP_SUM_KINDS = frozenset(s.kind for s in LOSSES.values() if "nce" in s.terms)
+FOCAL_SUMS_KINDS = frozenset(s.kind for s in LOSSES.values() if "nfl" in s.terms)
 
 
 @triton.jit
