@@ -1,6 +1,7 @@
 """eps(K) of Eq. 4, <delta_k> of Eq. 3 and hyper-parameter transfer (robustkernels.calibration)."""
 
 import math
+import time
 
 import independent
 import numpy as np
@@ -75,12 +76,112 @@ def test_closed_form_is_below_eq4_for_large_k():
         ({"num_classes": 10, "target": 1.0}, "target"),
         ({"num_classes": 10, "target": 0.0}, "target"),
         ({"num_classes": 10, "logit_std": 0.0}, "logit_std"),
+        ({"num_classes": 10, "logit_std": math.inf}, "logit_std"),
         ({"num_classes": 10, "samples": 0}, "samples"),
+        ({"num_classes": 10, "samples": 10**8}, "samples"),
+        ({"num_classes": 10_000, "samples": 10**5}, "draws"),
+        ({"num_classes": 10**6, "logit_std": 3.0}, r"draws.*exp\(logit_std\^2\) - 1"),
+        ({"num_classes": 10, "seed": 2**64}, "seed"),
     ],
 )
 def test_epsilon_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         epsilon_for_classes(**kwargs)
+
+
+def _mean_sigmoid_of_normal(a, spread):
+    """E[sigmoid(a + spread G)], G ~ N(0, 1), by a dense trapezoid over G (no quadrature rule)."""
+    g = np.linspace(-12.0, 12.0, 24_001)
+    weights = np.exp(-0.5 * g**2)
+    sigmoid = 0.5 * (1.0 + np.tanh(0.5 * (a + spread * g)))  # no overflow for large arguments
+    return float((weights * sigmoid).sum() / weights.sum())
+
+
+def _root(f, target, lo=-200.0, hi=200.0):
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+# eps(K) computed by the sampled form before the large-K form existed (same defaults): every
+# K <= 1e4 must still take that path, bit for bit (the tolerance only absorbs last-ulp
+# differences of a CPU's vectorised sums).
+SAMPLED_EPSILON = [
+    ((2,), {}, -2.310204346238022),
+    ((10,), {}, 0.5247697789989694),
+    ((1000,), {}, 5.357999454816198),
+    ((10_000,), {}, 7.663039480092094),
+    ((10,), {"samples": 700, "seed": 3}, 0.5184874066438889),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, value", SAMPLED_EPSILON)
+def test_epsilon_up_to_10000_classes_is_unchanged(args, kwargs, value):
+    assert epsilon_for_classes(*args, **kwargs) == pytest.approx(value, rel=0, abs=1e-9)
+
+
+@pytest.mark.parametrize("num_classes, samples", [(2000, 2000), (5000, 1000), (20_000, 250), (100_000, 100)])
+def test_large_k_form_agrees_with_the_sampled_form(num_classes, samples):
+    """The lognormal (large-K) form against the sampled form on the same K.
+
+    With these samples the sampled form's error is ~6e-4 (std of L / sqrt(samples)): over seeds
+    0-7 the difference was 0.0003 +- 0.0006, at most 0.0015. 3e-3 is well within the +-0.01 the
+    sampled form is documented to. Above K = 1e4 the public function is the large-K form.
+    """
+    large = calibration._epsilon_large_k(num_classes, 0.15, 1.0)
+    sampled = calibration._epsilon_cached(num_classes, 0.15, 1.0, samples, 0)
+    assert abs(large - sampled) < 3e-3, (large, sampled)
+    if num_classes > 10_000:
+        assert epsilon_for_classes(num_classes) == large
+
+
+@pytest.mark.parametrize("num_classes", [10**8, 10**12])
+def test_epsilon_for_huge_k_is_fast_and_grows_like_log_k(num_classes):
+    """eps(K) - log(K - 1) tends to s^2/2 + a, with E[sigmoid(a + s G)] = C: checked against an
+    independent dense integral. The sampled form took 24 s at K = 1e6 and 505 s at K = 1e7."""
+    calibration._epsilon_large_k.cache_clear()
+    start = time.perf_counter()
+    eps = epsilon_for_classes(num_classes)
+    assert time.perf_counter() - start < 1.0
+    a = _root(lambda x: _mean_sigmoid_of_normal(x, 1.0), 0.15)
+    assert eps - math.log(num_classes - 1) == pytest.approx(0.5 + a, abs=1e-6)
+    assert eps - epsilon_for_classes(100_000) == pytest.approx(math.log((num_classes - 1) / 99_999), abs=1e-4)
+    assert closed_form_epsilon(num_classes) < eps  # the ~0.19 gap of closed_form_epsilon persists
+
+
+def test_huge_k_beyond_the_float_range():
+    """K - 1 above 1.8e308 overflowed a float in v = expm1(s^2) / (K - 1) and in closed_form."""
+    k = 10**400
+    assert epsilon_for_classes(k) == pytest.approx(math.log(k - 1) + epsilon_for_classes(10**8) - math.log(10**8 - 1))
+    assert closed_form_epsilon(k) == pytest.approx(math.log(0.15 / 0.85) + 400 * math.log(10))
+
+
+def test_large_k_form_where_the_spread_is_wide():
+    """logit_std = 8 is large-K only once (e^64 - 1) / (K - 1) <= 1e-3; there the integral over
+    z_k - log S (tau ~ 8) runs over the logistic variable. Against the dense integral."""
+    k = 2 * 10**31
+    assert calibration._uses_large_k_form(k, 8.0)
+    variance = math.log1p(math.expm1(64.0) / (k - 1))
+    a = _root(lambda x: _mean_sigmoid_of_normal(x, math.sqrt(64.0 + variance)), 0.15)
+    assert epsilon_for_classes(k, logit_std=8.0) == pytest.approx(math.log(k - 1) + 32.0 - variance / 2 + a, abs=1e-6)
+
+
+def test_large_k_form_needs_concentrated_logits():
+    """logit_std = 2 keeps the sampled form at K = 20000 (v = 2.7e-3) and switches by K = 1e5."""
+    assert not calibration._uses_large_k_form(10_000, 0.5)  # K <= 1e4: always sampled
+    assert calibration._uses_large_k_form(10_001, 1.5)
+    assert not calibration._uses_large_k_form(20_000, 2.0)
+    assert calibration._uses_large_k_form(100_000, 2.0)
+
+
+def test_epsilon_root_outside_the_first_bracket():
+    """K = 2, logit_std = 40: z_k - z_1 ~ N(0, 2 * 40^2) puts the root near -59, outside the
+    sampled form's first bracket [-50, 50 + log K] (which used to return its end, -50). The
+    sample of L = z_1 (1e5 rows, std 40) leaves an error of ~0.13."""
+    expected = _root(lambda x: _mean_sigmoid_of_normal(x, 40.0 * math.sqrt(2.0)), 0.15)
+    assert expected < -55
+    assert epsilon_for_classes(2, logit_std=40.0, samples=100_000) == pytest.approx(expected, abs=0.6)
 
 
 # ---- Eq. 3 ---------------------------------------------------------------------------------------
@@ -163,6 +264,31 @@ def test_mean_error_vanishes_far_from_the_initial_logits_for_many_classes():
 )
 def test_mean_error_rejects_bad_arguments(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        # 64 default rows of 1e9 - 1 logits: a 512 GB allocation, which used to fail in torch
+        (lambda: mean_error("mae", 10**9, 0.0), "one sample row alone"),
+        (lambda: mean_error("mae", 10, 0.0, samples=10**8), "pass samples <= 14913080"),
+        # 200 points x 64 rows x 1e5 logits = 1.3e9 gradients: minutes, which used to run
+        (lambda: mean_error("mae", 100_001, torch.zeros(200)), "pass samples <= 49 or fewer grid points"),
+        (lambda: transfer("gce", "q", 0.7, 10, 10**8), "even one sample row is too much"),
+        (lambda: transfer("gce", "q", 0.7, 10, 300_000), r"64 evaluations \(transfer's search\).*samples <= 52"),
+        (lambda: mean_error("mae", 10, 0.0, seed=2**64), "seed"),
+    ],
+)
+def test_eq3_at_huge_k_is_refused_before_any_work(call, match, monkeypatch):
+    """Eq. 3 samples K - 1 logits per row and runs the loss over them; that cost cannot be
+    bounded at any K, so past 1 GiB of sample or 1e9 gradients the call says so at once."""
+
+    def sampled(*args, **kwargs):
+        raise AssertionError("sampled before the budget was checked")
+
+    monkeypatch.setattr(calibration, "_other_logits", sampled)
+    with pytest.raises(ValueError, match=match):
         call()
 
 
