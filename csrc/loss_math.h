@@ -81,7 +81,12 @@ enum Family : int {
   kBiTempFamily = 2,
 };
 
-constexpr int kMaxParams = 4;
+constexpr int kMaxParams = 4;  // parameters of a loss, in spec order (num_params below)
+// The row math reads `prm`: the loss's parameters, then values derived from them that must be
+// formed in double before the rounding to the compute type (load_params below).
+constexpr int kParamSlots = kMaxParams + 1;
+constexpr int kAulAMinusOne = 2;     // aul: a - 1
+constexpr int kBiTempTwoMinusT1 = 3;  // bitemp: 2 - t1
 // Upper bound on bisection steps for the t2 < 1 normalisation. Each step halves a bracket at
 // most -log_t(1/K) wide, so 64 steps reach the float64 resolution for any K (the reference
 // uses the same count); the loop also stops as soon as the midpoint equals an end of the
@@ -117,6 +122,21 @@ RK_HD int num_params(int kind) {
   }
 }
 
+// prm of the row math from the op's float64 parameters (host code). The derived slots hold
+// differences that vanish at an end of a parameter's range, where forming them in fp32 from the
+// rounded parameter keeps only the rounding error: a = 1 + 1e-7 is 1 + 1.19e-7 in fp32, so
+// a - 1 -- of which aul's loss and gradient are functions -- came out 19 % too large (measured
+// 15 % error in the loss); bitemp's loss divides by 2 - t1 (16 % error at t1 = 2 - 1e-7).
+// In double both are exact up to the final rounding.
+template <class T>
+inline void load_params(int kind, const double* params, T* prm) {
+  for (int i = 0; i < kParamSlots; ++i) prm[i] = T(0);
+  const int n = num_params(kind);
+  for (int i = 0; i < n; ++i) prm[i] = static_cast<T>(params[i]);
+  if (kind == kAUL) prm[kAulAMinusOne] = static_cast<T>(params[0] - 1.0);
+  if (kind == kBiTemp) prm[kBiTempTwoMinusT1] = static_cast<T>(2.0 - params[0]);
+}
+
 inline const char* kind_name(int kind) {
   static const char* const names[kNumKinds] = {"ce",  "mae", "gce", "agce", "aul",     "ael",    "nce",     "focal",
                                                "nfl", "rce", "sce", "nce_mae", "nf_mae", "nce_rce", "nce_agce", "bitemp"};
@@ -141,8 +161,8 @@ struct Ops;
 template <>
 struct Ops<float> {
   static RK_HD float exp(float x) { return ::expf(x); }
-  // exp(a - max(row)), x in [-inf, 0]. A vector backend may use a cheaper exp here whose NaN
-  // input gives an unspecified value: a NaN logit reaches every result through the row max.
+  // exp(a - max(row)), x in [-inf, 0]: rows holding a NaN or a +inf never get here (nan_row
+  // below), so a vector backend may use a cheaper exp whose NaN input gives an unspecified value.
   static RK_HD float exp_shifted(float x) { return ::expf(x); }
   static RK_HD float log(float x) { return ::logf(x); }
   static RK_HD float expm1(float x) { return ::expm1f(x); }
@@ -282,16 +302,24 @@ struct Terms {
     c.pm += w * O::exp(q * lpy);
   }
   RK_HD void agce(T w, T a, T q) {
-    // (a+1)^q - (a+p)^q = -(a+1)^q expm1(q log1p(-(1-p)/(a+1))): no cancellation near p = 1.
-    const T a1q = O::exp(q * O::log(a + T(1)));
-    c.loss += w * -a1q * O::expm1(q * O::log1p(-one_minus_py / (a + T(1)))) / q;
-    c.pm += w * O::exp((q - T(1)) * O::log(a + py)) * py;
+    // (a+1)^q - (a+p)^q = -(a+1)^q expm1(q l), l = log((a+p)/(a+1)): no cancellation near
+    // p = 1. l is log1p(-(1-p)/(a+1)) while the ratio r = (a+p)/(a+1) is >= 1/2, and log r
+    // below: as a -> 0 and p -> 0 the argument of log1p tends to -1, and 1 + x keeps only
+    // ulp(1) / r of its relative accuracy (5e-3 error in the loss at a = 1e-7, q = 1e-8 and
+    // p_y = 1e-6, where the loss tends to log(1/r)).
+    const T a_plus_p = a + py;
+    const T ratio = a_plus_p / (a + T(1));
+    const T l = ratio < T(0.5) ? O::log(ratio) : O::log1p(-one_minus_py / (a + T(1)));
+    c.loss += w * -O::exp(q * O::log(a + T(1))) * O::expm1(q * l) / q;
+    c.pm += w * O::exp((q - T(1)) * O::log(a_plus_p)) * py;
   }
-  RK_HD void aul(T w, T a, T q) {
-    // (a-p)^q - (a-1)^q = (a-1)^q expm1(q log1p((1-p)/(a-1))); a - p = (a-1) + (1-p).
-    const T am1q = O::exp(q * O::log(a - T(1)));
-    c.loss += w * am1q * O::expm1(q * O::log1p(one_minus_py / (a - T(1)))) / q;
-    c.pm += w * O::exp((q - T(1)) * O::log((a - T(1)) + one_minus_py)) * py;
+  // a_minus_1 = a - 1 from the host (load_params), never a - 1 of the rounded a.
+  RK_HD void aul(T w, T a_minus_1, T q) {
+    // (a-p)^q - (a-1)^q = (a-1)^q expm1(q log1p((1-p)/(a-1))), and a - p = (a-1) + (1-p): both
+    // parts positive, where a - p itself would cancel for a -> 1 and p -> 1.
+    const T am1q = O::exp(q * O::log(a_minus_1));
+    c.loss += w * am1q * O::expm1(q * O::log1p(one_minus_py / a_minus_1)) / q;
+    c.pm += w * O::exp((q - T(1)) * O::log(a_minus_1 + one_minus_py)) * py;
   }
   RK_HD void ael(T w, T a) {
     const T e = O::exp(-py / a);
@@ -330,7 +358,7 @@ struct Terms {
   }
 };
 
-// Loss and gradient coefficients of one row from its statistics; prm in spec order.
+// Loss and gradient coefficients of one row from its statistics; prm from load_params.
 template <class T>
 RK_HD RowCoeffs<T> row_coeffs(int kind, const T* prm, const RowStats<T>& s) {
   using O = Ops<T>;
@@ -341,7 +369,7 @@ RK_HD RowCoeffs<T> row_coeffs(int kind, const T* prm, const RowStats<T>& s) {
     case kMAE: t.mae(prm[0]); break;
     case kGCE: t.gce(T(1), prm[0]); break;
     case kAGCE: t.agce(T(1), prm[0], prm[1]); break;
-    case kAUL: t.aul(T(1), prm[0], prm[1]); break;
+    case kAUL: t.aul(T(1), prm[kAulAMinusOne], prm[1]); break;
     case kAEL: t.ael(T(1), prm[0]); break;
     case kNCE: t.nce(T(1), s); break;
     case kFocal: t.focal(T(1), prm[0]); break;
@@ -374,12 +402,34 @@ RK_HD T log_partition(Row& row, T m, T a_y) {
   return a_y == m ? O::log1p(others) : O::log(O::exp(a_y - m) + others);
 }
 
+// Row policy of every backend (robustkernels.reference and the Triton kernels as well): a row
+// holding a NaN or a +inf, or only -inf, is a NaN row -- NaN loss, NaN in every gradient lane.
+// Propagation alone does not give it: with a +inf the loss is NaN but the gradient off the label
+// is exp(a_j - inf) * c = 0, and NFL reads the p_k = 0 of the finite classes as its limit
+// "loss 0". m = max_j a_j propagates NaN, so this one test on it decides; -inf entries in a row
+// with a finite maximum are legal (classes with p = 0). m is the same in every thread of a row,
+// so a kernel's threads leave together.
+template <class T, class Row>
+RK_HD bool nan_row(Row& row, T m, bool need_grad) {
+  if (m > -infinity<T>() && m < infinity<T>()) return false;
+  if (need_grad) {
+    row.write_grad(
+        [](auto a) {
+          using V = decltype(a);
+          return V(std::numeric_limits<T>::quiet_NaN());
+        },
+        std::numeric_limits<T>::quiet_NaN());
+  }
+  return true;
+}
+
 // Label and focal families. `scale` multiplies the gradient (1/count for mean, else 1).
 // kMayBeFocal = false lets a kernel specialised on the label family drop the focal passes.
 template <class T, bool kMayBeFocal = true, class Row>
 RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T scale) {
   using O = Ops<T>;
   const T m = row.max_of(Identity{});
+  if (nan_row(row, m, need_grad)) return std::numeric_limits<T>::quiet_NaN();
   // As log_partition below, with exp(a_k - m) remembered for the gradient.
   auto exp_shifted = [m](auto a) {
     using V = decltype(a);
@@ -483,13 +533,14 @@ RK_HD T bitemp_normalization(Row& row, T mu, T a_y, T t, int num_iters) {
 // Bi-tempered loss -log_t1(p_y) - (1 - sum_k p_k^(2-t1)) / (2-t1) with the implicit-function
 // gradient dL/da_j = w_j - s_j sum_k w_k, w_k = (p_k - [k == y]) f_k, forget factor
 // f = p^(t2-t1) (0 where p = 0: p is locally constant there, and this avoids 0 * inf),
-// escort s = p^t2 / sum p^t2. prm = (t1, t2, num_iters).
+// escort s = p^t2 / sum p^t2. prm = (t1, t2, num_iters, 2 - t1).
 template <class T, class Row>
 RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
   using O = Ops<T>;
   const T t1 = prm[0], t2 = prm[1];
   const int num_iters = static_cast<int>(prm[2]);
   const T mu = row.max_of(Identity{});
+  if (nan_row(row, mu, need_grad)) return std::numeric_limits<T>::quiet_NaN();
   const T lam = bitemp_normalization(row, mu, a_y, t2, num_iters);
   // log p_k, re-derived from a_k in each pass. (a - mu) - lam, not a - (mu + lam): the sum
   // would round a tiny lam away and with it 1 - p_y.
@@ -500,12 +551,13 @@ RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
   };
   const T lpy = log_p(a_y);
   row.remember(log_p);
-  const T sum_pow = row.sum_remembered(log_p, [t1](auto lp) {
+  const T two_minus_t1 = prm[kBiTempTwoMinusT1];  // from the host: 1 / (2 - t1) is the loss's scale
+  const T sum_pow = row.sum_remembered(log_p, [two_minus_t1](auto lp) {
     using V = decltype(lp);
-    return Ops<V>::exp(V(T(2) - t1) * lp);
+    return Ops<V>::exp(V(two_minus_t1) * lp);
   });
   const T minus_log_t1_py = t1 == T(1) ? -lpy : -O::expm1((T(1) - t1) * lpy) / (T(1) - t1);
-  const T loss = minus_log_t1_py - (T(1) - sum_pow) / (T(2) - t1);
+  const T loss = minus_log_t1_py - (T(1) - sum_pow) / two_minus_t1;
   if (need_grad) {
     const T lowest = -std::numeric_limits<T>::max();
     const T escort_sum = row.sum_remembered(log_p, [t2](auto lp) {

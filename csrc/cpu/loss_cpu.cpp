@@ -233,8 +233,8 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
   const label_t* labels = target.const_data_ptr<label_t>();
   const int64_t label_stride = target.stride(0);
   const T* eps = eps_rows ? eps_rows->const_data_ptr<T>() : nullptr;
-  T prm[kMaxParams] = {};
-  for (size_t i = 0; i < params.size(); ++i) prm[i] = static_cast<T>(params[i]);
+  T prm[kParamSlots];
+  load_params(kind, params.data(), prm);
   T* out = rows.mutable_data_ptr<T>();
   const T nan = std::numeric_limits<T>::quiet_NaN();
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);

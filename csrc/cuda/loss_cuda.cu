@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& logits_in
     args.eps_rows = eps.defined() ? eps.const_data_ptr<T>() : nullptr;
     args.eps_stride = eps.defined() ? eps.stride(0) : 0;
     args.eps = static_cast<T>(epsilon);
-    for (size_t i = 0; i < params.size(); ++i) args.prm[i] = static_cast<T>(params[i]);
+    load_params(static_cast<int>(kind), params.data(), args.prm);
     args.kind = static_cast<int>(kind);
     args.ignore_index = ignore_index;
     args.count = count.defined() ? count.const_data_ptr<int64_t>() : nullptr;

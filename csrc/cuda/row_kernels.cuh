@@ -64,7 +64,7 @@ struct KernelArgs {
   const T* eps_rows;  // nullptr: scalar eps
   int64_t eps_stride;
   T eps;
-  T prm[kMaxParams];
+  T prm[kParamSlots];  // load_params
   int kind;
   int64_t ignore_index;
   const int64_t* count;  // rows counted by the mean (device scalar); nullptr: no scaling
