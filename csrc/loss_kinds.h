@@ -119,6 +119,15 @@ RK_HD bool uses_sum_logp(int kind) {
   }
 }
 
+// Slot of the focal exponent of a loss with an NFL term.
+RK_HD int focal_gamma_slot(int kind) {
+  switch (kind) {
+    case kNFL: return kNFL_gamma;
+    case kNF_MAE: return kNF_MAE_gamma;
+    default: return 0;
+  }
+}
+
 inline const char* kind_name(int kind) {
   switch (kind) {
     case kCE: return "ce";

@@ -37,6 +37,9 @@
 #define RK_HD inline
 #endif
 
+// Kinds, parameter slots and families, generated from robustkernels/specs.py.
+#include "loss_kinds.h"
+
 namespace rk {
 
 // The identity f / g of the Row interface, as a named type: a Row may recognise it and answer
@@ -49,78 +52,20 @@ struct Identity {
   }
 };
 
-// Loss kinds: must equal LossSpec.kind in robustkernels/specs.py (tests compare kind_name()).
-enum Kind : int {
-  kCE = 0,
-  kMAE = 1,
-  kGCE = 2,
-  kAGCE = 3,
-  kAUL = 4,
-  kAEL = 5,
-  kNCE = 6,
-  kFocal = 7,
-  kNFL = 8,
-  kRCE = 9,
-  kSCE = 10,
-  kNCE_MAE = 11,
-  kNF_MAE = 12,
-  kNCE_RCE = 13,
-  kNCE_AGCE = 14,
-  kBiTemp = 15,
-  kNumKinds = 16,
-};
-
 enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
 
-// Kernel variants. Kinds of one family share their passes over the row; only the per-row
-// scalars differ, so the CUDA kernels specialise on the family and switch on the kind once
-// per row.
-enum Family : int {
-  kLabelFamily = 0,  // depends on log p_y (and sum_k log p_k for the NCE combinations)
-  kFocalFamily = 1,  // NFL: needs sum_k focal_k and sum_k h_k
-  kBiTempFamily = 2,
-};
-
-constexpr int kMaxParams = 4;  // parameters of a loss, in spec order (num_params below)
 // The row math reads `prm`: the loss's parameters, then values derived from them that must be
 // formed in double before the rounding to the compute type (load_params below).
 constexpr int kParamSlots = kMaxParams + 1;
-constexpr int kAulAMinusOne = 2;     // aul: a - 1
-constexpr int kBiTempTwoMinusT1 = 3;  // bitemp: 2 - t1
+constexpr int kAulAMinusOne = kAUL_q + 1;     // aul: a - 1
+constexpr int kBiTempTwoMinusT1 = kBITEMP_num_iters + 1;  // bitemp: 2 - t1
+static_assert(kAulAMinusOne < kParamSlots && kBiTempTwoMinusT1 < kParamSlots, "derived slots fit");
 // Upper bound on bisection steps for the t2 < 1 normalisation. Each step halves a bracket at
 // most -log_t(1/K) wide, so 64 steps reach the float64 resolution for any K (the reference
 // uses the same count); the loop also stops as soon as the midpoint equals an end of the
 // bracket, i.e. once the bracket cannot shrink in the compute precision, which gives the same
 // result as running the remaining steps (they can no longer move it by more than an ulp).
 constexpr int kMaxBisectionSteps = 64;
-
-RK_HD int num_params(int kind) {
-  switch (kind) {
-    case kCE:
-    case kNCE:
-      return 0;
-    case kMAE:
-    case kGCE:
-    case kAEL:
-    case kFocal:
-    case kNFL:
-    case kRCE:
-      return 1;
-    case kAGCE:
-    case kAUL:
-    case kNCE_MAE:
-      return 2;
-    case kSCE:
-    case kNF_MAE:
-    case kNCE_RCE:
-    case kBiTemp:
-      return 3;
-    case kNCE_AGCE:
-      return 4;
-    default:
-      return -1;
-  }
-}
 
 // prm of the row math from the op's float64 parameters (host code). The derived slots hold
 // differences that vanish at an end of a parameter's range, where forming them in fp32 from the
@@ -133,24 +78,8 @@ inline void load_params(int kind, const double* params, T* prm) {
   for (int i = 0; i < kParamSlots; ++i) prm[i] = T(0);
   const int n = num_params(kind);
   for (int i = 0; i < n; ++i) prm[i] = static_cast<T>(params[i]);
-  if (kind == kAUL) prm[kAulAMinusOne] = static_cast<T>(params[0] - 1.0);
-  if (kind == kBiTemp) prm[kBiTempTwoMinusT1] = static_cast<T>(2.0 - params[0]);
-}
-
-inline const char* kind_name(int kind) {
-  static const char* const names[kNumKinds] = {"ce",  "mae", "gce", "agce", "aul",     "ael",    "nce",     "focal",
-                                               "nfl", "rce", "sce", "nce_mae", "nf_mae", "nce_rce", "nce_agce", "bitemp"};
-  return (kind >= 0 && kind < kNumKinds) ? names[kind] : "";
-}
-
-RK_HD Family family_of(int kind) {
-  if (kind == kNFL || kind == kNF_MAE) return kFocalFamily;
-  if (kind == kBiTemp) return kBiTempFamily;
-  return kLabelFamily;
-}
-
-RK_HD bool uses_sum_logp(int kind) {
-  return kind == kNCE || kind == kNCE_MAE || kind == kNCE_RCE || kind == kNCE_AGCE;
+  if (kind == kAUL) prm[kAulAMinusOne] = static_cast<T>(params[kAUL_a] - 1.0);
+  if (kind == kBITEMP) prm[kBiTempTwoMinusT1] = static_cast<T>(2.0 - params[kBITEMP_t1]);
 }
 
 // ---- elementwise operations on T and on vectors of T -------------------------------------------
@@ -366,26 +295,27 @@ RK_HD RowCoeffs<T> row_coeffs(int kind, const T* prm, const RowStats<T>& s) {
   Terms<T> t{c, s.lpy, O::exp(s.lpy), -O::expm1(s.lpy)};
   switch (kind) {
     case kCE: t.ce(T(1)); break;
-    case kMAE: t.mae(prm[0]); break;
-    case kGCE: t.gce(T(1), prm[0]); break;
-    case kAGCE: t.agce(T(1), prm[0], prm[1]); break;
-    case kAUL: t.aul(T(1), prm[kAulAMinusOne], prm[1]); break;
-    case kAEL: t.ael(T(1), prm[0]); break;
+    case kMAE: t.mae(prm[kMAE_scale]); break;
+    case kGCE: t.gce(T(1), prm[kGCE_q]); break;
+    case kAGCE: t.agce(T(1), prm[kAGCE_a], prm[kAGCE_q]); break;
+    case kAUL: t.aul(T(1), prm[kAulAMinusOne], prm[kAUL_q]); break;
+    case kAEL: t.ael(T(1), prm[kAEL_a]); break;
     case kNCE: t.nce(T(1), s); break;
-    case kFocal: t.focal(T(1), prm[0]); break;
-    case kNFL: t.nfl(T(1), prm[0], s); break;
-    case kRCE: t.rce(T(1), prm[0]); break;
-    case kSCE: t.ce(prm[0]); t.rce(prm[1], prm[2]); break;
-    case kNCE_MAE: t.nce(prm[0], s); t.mae(prm[1]); break;
-    case kNF_MAE: t.nfl(prm[0], prm[2], s); t.mae(prm[1]); break;
-    case kNCE_RCE: t.nce(prm[0], s); t.rce(prm[1], prm[2]); break;
-    case kNCE_AGCE: t.nce(prm[0], s); t.agce(prm[1], prm[2], prm[3]); break;
+    case kFOCAL: t.focal(T(1), prm[kFOCAL_gamma]); break;
+    case kNFL: t.nfl(T(1), prm[kNFL_gamma], s); break;
+    case kRCE: t.rce(T(1), prm[kRCE_A]); break;
+    case kSCE: t.ce(prm[kSCE_alpha]); t.rce(prm[kSCE_beta], prm[kSCE_A]); break;
+    case kNCE_MAE: t.nce(prm[kNCE_MAE_alpha], s); t.mae(prm[kNCE_MAE_beta]); break;
+    case kNF_MAE: t.nfl(prm[kNF_MAE_alpha], prm[kNF_MAE_gamma], s); t.mae(prm[kNF_MAE_beta]); break;
+    case kNCE_RCE: t.nce(prm[kNCE_RCE_alpha], s); t.rce(prm[kNCE_RCE_beta], prm[kNCE_RCE_A]); break;
+    case kNCE_AGCE:
+      t.nce(prm[kNCE_AGCE_alpha], s);
+      t.agce(prm[kNCE_AGCE_beta], prm[kNCE_AGCE_a], prm[kNCE_AGCE_q]);
+      break;
     default: break;
   }
   return c;
 }
-
-RK_HD int focal_gamma_index(int kind) { return kind == kNF_MAE ? 2 : 0; }
 
 // ---- row drivers --------------------------------------------------------------------------------
 
@@ -450,7 +380,7 @@ RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T sca
     }) - T(row.K) * log_s;
   }
   const bool focal = kMayBeFocal && family_of(kind) == kFocalFamily;
-  const T gamma = focal ? prm[focal_gamma_index(kind)] : T(0);
+  const T gamma = focal ? prm[focal_gamma_slot(kind)] : T(0);
   if (focal) {
     focal_sums(row, m, log_s, gamma, st.focal_sum, st.focal_hsum);
     // log p_k == -inf  <=>  -(a_k - lse) > max finite (false for NaN, which must stay NaN).
@@ -537,8 +467,8 @@ RK_HD T bitemp_normalization(Row& row, T mu, T a_y, T t, int num_iters) {
 template <class T, class Row>
 RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
   using O = Ops<T>;
-  const T t1 = prm[0], t2 = prm[1];
-  const int num_iters = static_cast<int>(prm[2]);
+  const T t1 = prm[kBITEMP_t1], t2 = prm[kBITEMP_t2];
+  const int num_iters = static_cast<int>(prm[kBITEMP_num_iters]);
   const T mu = row.max_of(Identity{});
   if (nan_row(row, mu, need_grad)) return std::numeric_limits<T>::quiet_NaN();
   const T lam = bitemp_normalization(row, mu, a_y, t2, num_iters);
@@ -587,7 +517,7 @@ RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
 
 template <class T, class Row>
 RK_HD T row_forward(Row& row, int kind, const T* prm, T a_y, bool need_grad, T scale) {
-  if (kind == kBiTemp) return bitemp_row(row, prm, a_y, need_grad, scale);
+  if (kind == kBITEMP) return bitemp_row(row, prm, a_y, need_grad, scale);
   return label_row(row, kind, prm, a_y, need_grad, scale);
 }
 

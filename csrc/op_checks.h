@@ -39,7 +39,7 @@ inline void check_forward_inputs(const at::Tensor& logits, const at::Tensor& tar
   TORCH_CHECK(static_cast<int64_t>(params.size()) == num_params(static_cast<int>(kind)), "params: loss '",
               kind_name(static_cast<int>(kind)), "' (kind ", kind, ") takes ", num_params(static_cast<int>(kind)),
               " parameter(s) in spec order, got ", params.size());
-  if (kind == kBiTemp) {
+  if (kind == kBITEMP) {
     const double iters = params[2];
     TORCH_CHECK(iters >= 1 && iters <= 1000 && iters == static_cast<double>(static_cast<int64_t>(iters)),
                 "params: bitemp num_iters must be an integer in [1, 1000], got ", iters);
