@@ -47,7 +47,10 @@ def _resolve_epsilon(epsilon: object, logits: Tensor) -> float | Tensor:
     if isinstance(epsilon, str):
         if epsilon != "auto":
             raise ValueError(f"epsilon must be a float, a [N] tensor or 'auto', got {epsilon!r}")
-        return epsilon_for_classes(logits.shape[1])
+        # eps(K) is a number computed on the host, so the graph is specialised on K. Under
+        # torch.compile(dynamic=True) K is a symbol, which Dynamo makes a constant (with a guard)
+        # through len(range(K)); int(K) would stay symbolic.
+        return epsilon_for_classes(len(range(logits.shape[1])))
     if isinstance(epsilon, Tensor):
         n = logits.shape[0]
         if epsilon.dim() == 0:

@@ -188,6 +188,19 @@ def test_compile_dynamic_does_not_recompile_per_hyper_parameter():
     assert len(compiles) == 1
 
 
+def test_compile_dynamic_with_automatic_epsilon():
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda x, y: rk.robust_loss(x, y, "mae", epsilon="auto", backend="torch"),
+        dynamic=True,
+        fullgraph=True,
+        backend="aot_eager",
+    )
+    for k in (10, 12):
+        x, y = _batch(8, k, torch.float32)
+        torch.testing.assert_close(compiled(x, y), rk.robust_loss(x, y, "mae", epsilon="auto", backend="torch"))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_cpu_call_refuses_a_bad_label(backend):
     torch._dynamo.reset()
