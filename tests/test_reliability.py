@@ -5,6 +5,7 @@ module attributes, and the documented differences from Google's bi-tempered loss
 import copy
 import io
 import pickle
+from pathlib import Path
 
 import independent
 import numpy as np
@@ -303,3 +304,13 @@ def test_bitemp_differences_from_google():
     _, gradient = ours(0.8, 0.6)
     assert np.isnan(grad_google).any(axis=1).all()
     assert np.isfinite(gradient).all()
+
+
+def test_docs_state_the_bitemp_differences():
+    """The README and the spec's notes must not call the t2 < 1 solve Google's."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    bullet = readme[readme.index("- **Bi-tempered.**") :].split("\n\n")[0]
+    assert "Google runs `num_iters` bisection steps" in bullet
+    assert "Google's gradient is NaN" in bullet
+    notes = rk.LOSSES["bitemp"].notes
+    assert "Google runs num_iters bisection steps" in notes and "NaN" in notes
