@@ -20,15 +20,7 @@ BACKENDS = rk.available_backends("cpu")
 
 # Defects of the Triton kernels (robustkernels/triton/) that these tests expose, by test case;
 # strict, so that a fix shows up as an XPASS that asks for the entry to be removed.
-_TRITON_DEFECTS = {
-    "aul": "the gradient coefficient is (a - p_y)^(q-1) p_y with a - p_y formed in fp32, which "
-    "cancels for a -> 1 and p_y -> 1",
-    "bitemp t2": "log exp_t(u) is log(1 + (1 - t) u) / (1 - t), which keeps only ulp(1) / ((1 - t) u) "
-    "of the tempering for t2 near 1",
-    "agce a->0": "log1p(-(1 - p_y) / (a + 1)) cancels as a -> 0 and p_y -> 0 (1 + x keeps "
-    "ulp(1) / (a + p_y) of its accuracy)",
-    "focal": "h = w (1 - gamma p log p / (1 - p)) forms 0 * -inf at p_y = 0 (a -inf label logit)",
-}
+_TRITON_DEFECTS: dict[str, str] = {}
 
 
 def _params(*values, defect: str | None = None) -> list:
@@ -94,19 +86,9 @@ PRECISION_CASES = [
 PRECISION_TOL = 1e-5
 
 
-def _precision_defect(name, prm):
-    if name == "aul":
-        return "aul"
-    if name == "bitemp" and abs(prm["t2"] - 1.0) < 1e-3:
-        return "bitemp t2"
-    if name in ("agce", "nce_agce") and prm["q"] < 1e-3:  # the loss -> log((a+1)/(a+p_y)) there
-        return "agce a->0"
-    return None
-
-
 @pytest.mark.parametrize(
     "name, prm, backend",
-    [c for name, prm in PRECISION_CASES for c in _params(name, prm, defect=_precision_defect(name, prm))],
+    [c for name, prm in PRECISION_CASES for c in _params(name, prm)],
 )
 def test_parameters_near_a_boundary_match_float64(name, prm, backend):
     logits, target = _precision_inputs()
@@ -162,9 +144,7 @@ def _special_inputs(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize(
-    "name, backend", [c for name in rk.LOSSES for c in _params(name, defect="focal" if name == "focal" else None)]
-)
+@pytest.mark.parametrize("name, backend", [c for name in rk.LOSSES for c in _params(name)])
 def test_non_finite_rows_follow_the_policy(name, backend, dtype):
     """NaN, +inf (at the label or not) and all -inf: NaN loss and NaN gradient in every lane and
     for the bias. -inf entries beside finite ones are legal (p = 0): the float64 reference's

@@ -123,10 +123,12 @@ def log_over_one_minus(logp, one_minus_p):
 @triton.jit
 def log_exp_t(u, t):
     """``log exp_t(u) = log([1 + (1 - t) u]_+) / (1 - t)``; ``u`` at ``t = 1``; ``-inf`` off the support."""
+    # log1p, not log(1 + (1 - t) u): for t near 1 the sum rounds at ulp(1), which keeps only
+    # ulp(1) / ((1 - t) u) of the tempering (and as p -> 1, u -> 0 it rounds log p to 0).
+    # Clamping the argument at -1 gives log1p(-1) = -inf off the support.
     one_minus_t = 1.0 - t
     is_one = one_minus_t == 0.0
-    base = tl.maximum(1.0 + one_minus_t * u, 0.0)
-    tempered = tl.log(base) / tl.where(is_one, 1.0, one_minus_t)
+    tempered = log1p(tl.maximum(one_minus_t * u, -1.0)) / tl.where(is_one, 1.0, one_minus_t)
     return tl.where(is_one, u, tempered)
 
 

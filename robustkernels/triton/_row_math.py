@@ -61,15 +61,26 @@ def focal_parts(logp, gamma):
     one_minus_p = -expm1(logp)
     weight = pow_nonneg(one_minus_p, gamma)
     focal = -weight * logp
-    h = weight * (1.0 - gamma * tl.exp(logp) * log_over_one_minus(logp, one_minus_p))
+    # p log p / (1 - p) -> 0 as p -> 0, but at p = 0 (log p = -inf) the product is 0 * -inf = NaN:
+    # select the limit, so that h = w and the gradient is p_j - [j == y] as in the reference.
+    p = tl.exp(logp)
+    p_log_ratio = tl.where(p > 0.0, p * log_over_one_minus(logp, one_minus_p), 0.0)
+    h = weight * (1.0 - gamma * p_log_ratio)
     return focal, h
 
 
 @triton.jit
 def _agce_term(py, one_minus_py, a, q):
-    # (a+1)^q - (a+p)^q = -(a+1)^q expm1(q log1p(-(1-p)/(a+1))): no cancellation near p = 1.
-    loss = -tl.exp(q * tl.log(a + 1.0)) * expm1(q * log1p(-one_minus_py / (a + 1.0))) / q
-    coef = tl.exp((q - 1.0) * tl.log(a + py)) * py
+    # (a+1)^q - (a+p)^q = -(a+1)^q expm1(q l), l = log r, r = (a+p)/(a+1). While r >= 1/2, l is
+    # log1p(-(1-p)/(a+1)): no cancellation near p = 1. Below, log r directly: as a -> 0 and p -> 0
+    # the argument of log1p tends to -1, and 1 + x keeps only ulp(1) / r of its relative accuracy
+    # (the loss tends to log(1/r) for q -> 0, so that error is the loss's).
+    a_plus_p = a + py
+    ratio = a_plus_p / (a + 1.0)
+    small = ratio < 0.5
+    log_ratio = tl.where(small, tl.log(tl.where(small, ratio, 1.0)), log1p(-one_minus_py / (a + 1.0)))
+    loss = -tl.exp(q * tl.log(a + 1.0)) * expm1(q * log_ratio) / q
+    coef = tl.exp((q - 1.0) * tl.log(a_plus_p)) * py
     return loss, coef
 
 
@@ -111,12 +122,15 @@ def row_terms(
     scale,
     q,
     a,
+    a_minus_1,
     gamma,
     rce_a,
     alpha,
     beta,
 ):
     """Per-row ``(loss, A, B, C, E)`` of loss ``KIND`` from ``log p_y`` and the row reductions.
+
+    ``a_minus_1`` is ``a - 1`` (AUL), formed once per program rather than from ``a`` here.
 
     ``sum_logp`` is only read by the NCE kinds, ``focal_sum / h_sum / zero_p`` only by the NFL
     kinds (callers pass zeros otherwise).
@@ -141,9 +155,10 @@ def row_terms(
     elif KIND == AGCE:
         loss, coef_a = _agce_term(py, one_minus_py, a, q)
     elif KIND == AUL:
-        # (a-p)^q - (a-1)^q = (a-1)^q expm1(q log1p((1-p)/(a-1))).
-        loss = tl.exp(q * tl.log(a - 1.0)) * expm1(q * log1p(one_minus_py / (a - 1.0))) / q
-        coef_a = tl.exp((q - 1.0) * tl.log(a - py)) * py
+        # (a-p)^q - (a-1)^q = (a-1)^q expm1(q log1p((1-p)/(a-1))), and a - p = (a-1) + (1-p): both
+        # parts positive, where a - p itself would cancel for a -> 1 and p -> 1.
+        loss = tl.exp(q * tl.log(a_minus_1)) * expm1(q * log1p(one_minus_py / a_minus_1)) / q
+        coef_a = tl.exp((q - 1.0) * tl.log(a_minus_1 + one_minus_py)) * py
     elif KIND == AEL:
         loss = tl.exp(-py / a)
         coef_a = loss * py / a

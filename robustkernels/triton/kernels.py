@@ -259,7 +259,7 @@ def _bitemp_lambda(
 
 
 @triton.jit
-def _bitemp_lanes(x, is_label, lane, mu, lam, lpy, logp_max, t1, t2):
+def _bitemp_lanes(x, is_label, lane, mu, lam, lpy, logp_max, t1, t2, two_minus_t1):
     """Per-lane pieces of the bi-tempered loss and its implicit-function gradient.
 
     With ``f = p^(t2 - t1)`` (0 where p = 0: there p is locally constant, which also removes the
@@ -271,7 +271,7 @@ def _bitemp_lanes(x, is_label, lane, mu, lam, lpy, logp_max, t1, t2):
     logp = log_exp_t(x - mu[:, None] - lam[:, None], t2)
     positive = lane & (logp != float("-inf"))
     logp0 = tl.where(positive, logp, 0.0)
-    pow_2_t1 = tl.where(positive, tl.exp((2.0 - t1) * logp0), 0.0)
+    pow_2_t1 = tl.where(positive, tl.exp(two_minus_t1 * logp0), 0.0)
     forget = tl.where(positive, tl.exp((t2 - t1) * logp0), 0.0)
     p_minus_y = tl.where(is_label, expm1(lpy)[:, None], tl.exp(logp))
     weighted = tl.where(lane, p_minus_y * forget, 0.0)
@@ -280,12 +280,12 @@ def _bitemp_lanes(x, is_label, lane, mu, lam, lpy, logp_max, t1, t2):
 
 
 @triton.jit
-def _bitemp_loss(lpy, sum_pow, t1):
+def _bitemp_loss(lpy, sum_pow, t1, two_minus_t1):
     # -log_t1(p_y) - (1 - sum_k p_k^(2-t1)) / (2 - t1), log_t1(p) = expm1((1-t1) log p) / (1-t1).
     one_minus_t1 = 1.0 - t1
     is_one = one_minus_t1 == 0.0
     minus_log_t1 = tl.where(is_one, -lpy, -expm1(one_minus_t1 * lpy) / tl.where(is_one, 1.0, one_minus_t1))
-    return minus_log_t1 - (1.0 - sum_pow) / (2.0 - t1)
+    return minus_log_t1 - (1.0 - sum_pow) / two_minus_t1
 
 
 # ---- the forward kernel ------------------------------------------------------------------------
@@ -328,6 +328,8 @@ def fused_loss_kernel(
     beta,
     t1,
     t2,
+    a_minus_1,
+    two_minus_t1,
     num_iters,
     KIND: tl.constexpr,
     LOGP_SUM: tl.constexpr,
@@ -366,7 +368,6 @@ def fused_loss_kernel(
     norm = zero_rows + 1.0
     if HAS_INV_COUNT:
         norm = norm * tl.load(inv_count_ptr)
-
     if KIND == BITEMP:
         # ---- bi-tempered logistic loss -----------------------------------------------------
         if SINGLE_PASS:
@@ -394,7 +395,7 @@ def fused_loss_kernel(
         lpy = log_exp_t(label_logit - mu - lam, t2)
         logp_max = log_exp_t(-lam, t2)  # exp_t is increasing: the largest p is at a0 = 0
         if SINGLE_PASS:
-            pow_2_t1, weighted, escort = _bitemp_lanes(x, is_label, lane, mu, lam, lpy, logp_max, t1, t2)
+            pow_2_t1, weighted, escort = _bitemp_lanes(x, is_label, lane, mu, lam, lpy, logp_max, t1, t2, two_minus_t1)
             sum_pow = row_sum(pow_2_t1)
             sum_weighted = row_sum(weighted)
             sum_escort = row_sum(escort)
@@ -405,11 +406,13 @@ def fused_loss_kernel(
             for start in range(0, num_classes, BLOCK_K):
                 cols = start + tl.arange(0, BLOCK_K)
                 x, is_label, lane = _load_biased(logits_ptr, row_off, cols, num_classes, active, label, eps, FP64)
-                pow_2_t1, weighted, escort = _bitemp_lanes(x, is_label, lane, mu, lam, lpy, logp_max, t1, t2)
+                pow_2_t1, weighted, escort = _bitemp_lanes(
+                    x, is_label, lane, mu, lam, lpy, logp_max, t1, t2, two_minus_t1
+                )
                 sum_pow += row_sum(pow_2_t1)
                 sum_weighted += row_sum(weighted)
                 sum_escort += row_sum(escort)
-        loss = _bitemp_loss(lpy, sum_pow, t1)
+        loss = _bitemp_loss(lpy, sum_pow, t1, two_minus_t1)
         if HAS_GRAD:
             escort_scale = sum_weighted / sum_escort
             if SINGLE_PASS:
@@ -419,7 +422,9 @@ def fused_loss_kernel(
                 for start in range(0, num_classes, BLOCK_K):
                     cols = start + tl.arange(0, BLOCK_K)
                     x, is_label, lane = _load_biased(logits_ptr, row_off, cols, num_classes, active, label, eps, FP64)
-                    pow_2_t1, weighted, escort = _bitemp_lanes(x, is_label, lane, mu, lam, lpy, logp_max, t1, t2)
+                    pow_2_t1, weighted, escort = _bitemp_lanes(
+                        x, is_label, lane, mu, lam, lpy, logp_max, t1, t2, two_minus_t1
+                    )
                     grad = (weighted - escort * escort_scale[:, None]) * norm[:, None]
                     _store_grad(grad_ptr, rows64, cols, num_classes, row_ok, _finish_rows(grad, ignored, nan_rows))
     else:
@@ -501,7 +506,21 @@ def fused_loss_kernel(
                     zero_count += row_sum(zero_lanes.to(eps.dtype))
                 zero_p = (zero_count > 0) & (sum_exp > 0.0)
         loss, coef_a, coef_b, coef_c, coef_e = row_terms(
-            KIND, lpy, sum_logp, num_classes, focal_sum, h_sum, zero_p, scale, q, a, gamma, rce_a, alpha, beta
+            KIND,
+            lpy,
+            sum_logp,
+            num_classes,
+            focal_sum,
+            h_sum,
+            zero_p,
+            scale,
+            q,
+            a,
+            a_minus_1,
+            gamma,
+            rce_a,
+            alpha,
+            beta,
         )
         if HAS_GRAD:
             coef_a = coef_a * norm

@@ -75,6 +75,11 @@ def _kernel_params(kind: int, params: list[float]) -> dict[str, float | int]:
             out[_INT_KERNEL_ARGS[name]] = int(value)
         else:
             out[_KERNEL_ARGS[name]] = float(value)
+    # The differences the AUL and bi-tempered terms need where they vanish (a -> 1, t1 -> 2),
+    # formed here in double: compiled Triton receives fp32 scalars, and a = 1 + 1e-7 is
+    # 1 + 1.19e-7 in fp32, so a - 1 formed in the kernel would be 19 % too large.
+    out["a_minus_1"] = float(named["a"]) - 1.0 if "a" in named else 0.0
+    out["two_minus_t1"] = 2.0 - float(named["t1"]) if "t1" in named else 0.0
     return out
 
 

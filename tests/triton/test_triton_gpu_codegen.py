@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent(
 
     assert not op.INTERPRETED
     target = GPUTarget("cuda", 90, 32)
-    floats = ("eps_scalar", "scale", "q", "a", "gamma", "rce_a", "alpha", "beta", "t1", "t2")
+    floats = ("eps_scalar", "scale", "q", "a", "gamma", "rce_a", "alpha", "beta", "t1", "t2", "a_minus_1",
+              "two_minus_t1")
     dtypes = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float64: "fp64", torch.float16: "fp16"}
     # (logits dtype, K, per-row eps, with grad, int32 labels): single pass with several rows,
     # column-tiled, fp64 single pass, fp16 forward only.

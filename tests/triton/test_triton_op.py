@@ -245,3 +245,12 @@ def test_interpreter_works_when_triton_was_imported_first():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+def test_vanishing_differences_are_formed_on_the_host_in_double():
+    """Compiled Triton receives fp32 scalars; a - 1 (aul) and 2 - t1 (bitemp) formed from the
+    rounded parameters would keep only its rounding error near a = 1 and t1 = 2."""
+    aul = op._kernel_params(rk.LOSSES["aul"].kind, [1.0 + 1e-7, 3.0])
+    assert aul["a_minus_1"] == (1.0 + 1e-7) - 1.0
+    bitemp = op._kernel_params(rk.LOSSES["bitemp"].kind, [2.0 - 1e-7, 1.2, 5])
+    assert bitemp["two_minus_t1"] == 2.0 - (2.0 - 1e-7)
