@@ -88,12 +88,17 @@ def _unwrapped(t: Tensor) -> Tensor:
 _BAD_LABEL_COMPILED = "target: a label outside [0, K) that is not ignore_index (checked in a compiled graph)"
 
 
-def _raise_bad(target: Tensor, bad: Tensor, num_classes: int, ignore_index: int) -> None:
-    # A vmap-batched target has a leading batch dimension: the row is the last coordinate.
+def _first_bad(bad: Tensor) -> tuple[int, tuple[int, ...]]:
+    """How many entries of ``bad`` are set, and the index of the first. A vmap-batched tensor has
+    a leading batch dimension: the row is the index's last coordinate."""
     positions = bad.nonzero()
-    first = tuple(int(i) for i in positions[0])
+    return positions.shape[0], tuple(int(i) for i in positions[0])
+
+
+def _raise_bad(target: Tensor, bad: Tensor, num_classes: int, ignore_index: int) -> None:
+    count, first = _first_bad(bad)
     raise ValueError(
-        f"target: {positions.shape[0]} label(s) outside [0, {num_classes}) that are not "
+        f"target: {count} label(s) outside [0, {num_classes}) that are not "
         f"ignore_index={ignore_index}; first at row {first[-1]}: {int(target[first])}"
     )
 
@@ -157,9 +162,7 @@ def check_epsilon_rows(epsilon: Tensor) -> None:
         return
     bad = ~torch.isfinite(epsilon)
     if bool(bad.any()):
-        rows = bad.nonzero()
-        first = tuple(int(i) for i in rows[0])
+        count, first = _first_bad(bad)
         raise ValueError(
-            f"epsilon: {rows.shape[0]} per-row bias(es) are NaN or infinite; first at row "
-            f"{first[-1]}: {float(epsilon[first])}"
+            f"epsilon: {count} per-row bias(es) are NaN or infinite; first at row {first[-1]}: {float(epsilon[first])}"
         )

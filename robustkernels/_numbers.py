@@ -13,22 +13,25 @@ import math
 import numbers
 import operator
 
-__all__ = ["is_real", "as_real", "is_nan", "is_finite", "as_int64"]
+__all__ = ["is_real", "to_float", "runtime_floats", "is_nan", "is_finite", "as_int64"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def is_real(value: object) -> bool:
     """A real number that is not a bool (``True`` as a learning rate is always a mistake)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # np.bool_ is not Real
 
 
-def as_real(value: object, what: str) -> float:
-    """``value`` as a float, or ``TypeError`` naming ``what``. Floats (symbolic ones included)
-    are returned unchanged, so no traced value is ever forced to a constant."""
-    if not is_real(value):
-        raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
+def to_float(value: float) -> float:
+    """A real number (see :func:`is_real`) as a float. Floats, symbolic ones included, are
+    returned unchanged, so no traced value is ever forced to a constant."""
     return value if isinstance(value, float) else float(value)
+
+
+def runtime_floats(values: tuple[float, ...]) -> list[float]:
+    """Hyper-parameters as the ``float[]`` argument of a fused op (see :func:`to_float`)."""
+    return [to_float(v) for v in values]
 
 
 def is_nan(value: float) -> bool:

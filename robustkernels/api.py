@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ._labels import check_epsilon_rows, check_labels, under_functorch
-from ._numbers import as_int64, as_real, is_finite, is_real
+from ._numbers import as_int64, is_finite, is_real, to_float
 from .backends import resolve_backend
 from .calibration import epsilon_for_classes
 from .specs import LossSpec, get_spec
@@ -69,7 +69,7 @@ def _resolve_epsilon(epsilon: object, logits: Tensor) -> float | Tensor:
         return epsilon
     if not is_real(epsilon):
         raise TypeError(f"epsilon must be a float, a [N] tensor or 'auto', got {type(epsilon).__name__}")
-    epsilon = as_real(epsilon, "epsilon")
+    epsilon = to_float(epsilon)
     if not is_finite(epsilon):
         raise ValueError(f"epsilon must be finite, got {epsilon!r}")
     return epsilon

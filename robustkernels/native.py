@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ._fused_autograd import FusedOp, register_autograd
+from ._numbers import runtime_floats
 from .reference import compute_dtype
 from .specs import LossSpec
 
@@ -141,7 +142,7 @@ def robust_loss(
         epsilon_rows,
         scalar_epsilon,
         spec.kind,
-        [p if isinstance(p, float) else float(p) for p in params],
+        runtime_floats(params),
         ignore_index,
         REDUCTION_CODES[reduction],
         needs_grad,

@@ -8,6 +8,7 @@ import re
 import torch
 from torch import Tensor
 
+from .._numbers import runtime_floats
 from ..specs import LossSpec
 
 __all__ = ["unavailable_reason", "interpreter_defect", "robust_loss"]
@@ -93,8 +94,7 @@ def robust_loss(
     eps_rows = epsilon if isinstance(epsilon, Tensor) else None
     # No float() of a float: see robustkernels.native (traced values under dynamic=True).
     eps = 0.0 if eps_rows is not None else epsilon
-    values = [v if isinstance(v, float) else float(v) for v in params]
-    args = (logits, target, eps_rows, eps, spec.kind, values, ignore_index, reduction)
+    args = (logits, target, eps_rows, eps, spec.kind, runtime_floats(params), ignore_index, reduction)
     needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (eps_rows is not None and eps_rows.requires_grad))
     if needs_grad:
         return op.fused_loss_with_grad(*args)[0]
