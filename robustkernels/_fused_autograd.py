@@ -34,11 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .specs import LOSSES, LossSpec
+from .specs import terms_from_kernel_args
 
 __all__ = ["FusedOp", "register_autograd"]
-
-_SPEC_BY_KIND: dict[int, LossSpec] = {spec.kind: spec for spec in LOSSES.values()}
 
 
 @dataclass(frozen=True)
@@ -54,8 +52,9 @@ class FusedOp:
             computed afresh (unscaled by ``grad_output``).
         scale_in_place: ``(grad, grad_output) -> None`` -- ``grad *= grad_output`` (a scalar or
             one factor per row), skipping the work where ``grad_output == 1``.
-        decode: ``op_args -> (epsilon, kind, params, ignore_index, reduction)`` with the
-            reduction as its name, for the reference.
+        decode: ``op_args -> (epsilon, terms, slots, ignore_index, reduction)`` -- the term
+            mask and :data:`~robustkernels.specs.KERNEL_SLOTS` values of
+            :func:`~robustkernels.specs.kernel_args`, the reduction by name -- for the reference.
     """
 
     op: object
@@ -116,12 +115,11 @@ def _differentiable_backward(ctx, fused: FusedOp, grad_loss: Tensor) -> tuple[Te
     from . import _torch_backend
 
     logits, target, eps_rows = ctx.saved_tensors
-    epsilon, kind, params, ignore_index, reduction = fused.decode(ctx.op_args)
-    loss = _torch_backend.robust_loss(
+    epsilon, terms, slots, ignore_index, reduction = fused.decode(ctx.op_args)
+    loss = _torch_backend.loss_of_terms(
         logits,
         target,
-        _SPEC_BY_KIND[kind],
-        tuple(params),
+        terms_from_kernel_args(terms, slots),
         epsilon if eps_rows is None else eps_rows,
         reduction,
         ignore_index,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from . import reference
 from ._labels import invalid_label_mask
-from .specs import LossSpec
+from .specs import BoundTerm, LossSpec
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -23,6 +25,18 @@ def robust_loss(
     reduction: str,
     ignore_index: int,
 ) -> Tensor:
+    return loss_of_terms(logits, target, spec.bind(params), epsilon, reduction, ignore_index)
+
+
+def loss_of_terms(
+    logits: Tensor,
+    target: Tensor,
+    terms: Sequence[BoundTerm],
+    epsilon: float | Tensor,
+    reduction: str,
+    ignore_index: int,
+) -> Tensor:
+    """:func:`robust_loss` of bound primitives (:meth:`LossSpec.bind`)."""
     num_classes = logits.shape[1]
     target = target.long()
     ignored = target == ignore_index
@@ -34,7 +48,7 @@ def robust_loss(
     safe_target = target.masked_fill(skip, 0)
     if isinstance(epsilon, Tensor):
         epsilon = epsilon.masked_fill(skip, 0.0)
-    rows = reference.loss_rows(safe_logits, safe_target, spec, params, epsilon)
+    rows = reference.term_rows(safe_logits, safe_target, terms, epsilon)
     rows = rows.masked_fill(ignored, 0.0)
     # Invalid rows: loss NaN and gradient NaN, as the kernels do. The poison term is
     # sum_j z_j * NaN on those rows and 0 * 0 elsewhere, so it leaves valid rows untouched.

@@ -12,14 +12,14 @@ through the bisection would be wrong.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from .specs import LossSpec
+from .specs import BoundTerm, LossSpec
 
-__all__ = ["loss_rows", "biased_logits", "tempered_softmax", "log_t", "exp_t", "compute_dtype"]
+__all__ = ["loss_rows", "term_rows", "biased_logits", "tempered_softmax", "log_t", "exp_t", "compute_dtype"]
 
 # Bisection steps for the t2 < 1 normalisation. The bracket [0, -log_t(1/d)] is at most a few
 # units wide, so 64 halvings reach the float64 resolution: the solve is converged for every
@@ -92,17 +92,10 @@ def _pow_safe(base: Tensor, exponent: float) -> Tensor:
     return torch.where(positive, safe.pow(exponent), torch.full_like(base, zero_value))
 
 
-# ---- per-loss math on (log p, log p_y) -------------------------------------------------------
-# Each function receives log p [N, K], log p_y [N] and the parameters by name, and returns the
-# per-row loss. The combinations reuse the single terms so that each formula is written once.
-
-
-def _ce(logp: Tensor, lpy: Tensor) -> Tensor:
-    return -lpy
-
-
-def _mae_term(lpy: Tensor) -> Tensor:
-    return _one_minus(lpy)
+# ---- primitives on (log p, log p_y) ---------------------------------------------------------------
+# Each label-only primitive is a function of log p_y [N] (and K); each normalised primitive
+# L(p_y) / sum_k L(p_k) is built from the elementwise L on log p [N, K]. A loss is the weighted
+# sum of its spec's terms (loss_rows below), so each formula is written once.
 
 
 def _gce(lpy: Tensor, q: float) -> Tensor:
@@ -127,18 +120,9 @@ def _agce(lpy: Tensor, a: float, q: float) -> Tensor:
     return value.detach() + (surrogate - surrogate.detach())
 
 
-def _aul(lpy: Tensor, a: float, q: float) -> Tensor:
-    # (a-p)^q - (a-1)^q = (a-1)^q * expm1(q * log1p((1-p)/(a-1))).
-    return ((a - 1.0) ** q) * torch.expm1(q * torch.log1p(_one_minus(lpy) / (a - 1.0))) / q
-
-
-def _ael(lpy: Tensor, a: float) -> Tensor:
-    return torch.exp(-torch.exp(lpy) / a)
-
-
-def _nce(logp: Tensor, lpy: Tensor) -> Tensor:
-    # A -inf logit makes the normaliser -inf and the loss exactly 0 (its limit), gradient 0.
-    return lpy / logp.sum(dim=1)
+def _aul(lpy: Tensor, a_minus_1: float, q: float) -> Tensor:
+    # (a-p)^q - (a-1)^q = (a-1)^q * expm1(q * log1p((1-p)/(a-1))); a - 1 comes formed in double.
+    return (a_minus_1**q) * torch.expm1(q * torch.log1p(_one_minus(lpy) / a_minus_1)) / q
 
 
 def _focal_terms(logp: Tensor, gamma: float) -> Tensor:
@@ -155,39 +139,68 @@ def _focal(lpy: Tensor, gamma: float) -> Tensor:
     return -torch.where(zero, 1.0, weight) * lpy
 
 
-def _nfl(logp: Tensor, lpy: Tensor, gamma: float) -> Tensor:
-    # A class with p_k = 0 has focal_k = +inf: the loss tends to 0 with zero gradient. Such rows
-    # are computed on a stand-in log p = -1 (every focal_k finite and positive) and then replaced
-    # by 0, so that neither inf / inf nor 0 / 0 (a row whose only finite class has p = 1) enters
-    # the backward, where the discarded branch would still pass 0 * NaN = NaN.
-    zero_row = (logp == -torch.inf).any(dim=1)
-    logp_safe = torch.where(zero_row.unsqueeze(1), -1.0, logp)
-    lpy_safe = torch.where(zero_row, -1.0, lpy)
-    ratio = _focal(lpy_safe, gamma) / _focal_terms(logp_safe, gamma).sum(dim=1)
-    return torch.where(zero_row, 0.0, ratio)
+def _label_term(name: str, lpy: Tensor, k: int, prm: Mapping[str, float]) -> Tensor:
+    """A label-only primitive: a function of ``log p_y`` (and ``K``)."""
+    if name == "ce":
+        return -lpy
+    if name == "mae":
+        return _one_minus(lpy)
+    if name == "gce":
+        return _gce(lpy, prm["q"])
+    if name == "agce":
+        return _agce(lpy, prm["a"], prm["q"])
+    if name == "aul":
+        return _aul(lpy, prm["a_minus_1"], prm["q"])
+    if name == "ael":
+        return torch.exp(-torch.exp(lpy) / prm["a"])
+    if name == "rce":
+        return -prm["A"] * _one_minus(lpy)
+    if name == "focal":
+        return _focal(lpy, prm["gamma"])
+    if name == "nmae":
+        return _one_minus(lpy) / (k - 1)
+    if name == "nrce":
+        return (k - 1) / 4 * -prm["A"] * _one_minus(lpy)
+    raise ValueError(f"no label-only primitive {name!r}")
 
 
-def _rce(lpy: Tensor, A: float) -> Tensor:
-    return -A * _one_minus(lpy)
+def _elementwise(name: str, logp: Tensor, prm: Mapping[str, float]) -> Tensor:
+    """``L(log p)`` elementwise, for the primitives that have a normalised form."""
+    if name == "ce":
+        return -logp
+    if name == "focal":
+        return _focal_terms(logp, prm["gamma"])
+    if name == "gce":
+        return _gce(logp, prm["q"])
+    raise ValueError(f"no normalised form of {name!r}")
 
 
-_ROW_LOSSES: dict[str, Callable[..., Tensor]] = {
-    "ce": lambda lp, y: _ce(lp, y),
-    "mae": lambda lp, y, scale: scale * _mae_term(y),
-    "gce": lambda lp, y, q: _gce(y, q),
-    "agce": lambda lp, y, a, q: _agce(y, a, q),
-    "aul": lambda lp, y, a, q: _aul(y, a, q),
-    "ael": lambda lp, y, a: _ael(y, a),
-    "nce": lambda lp, y: _nce(lp, y),
-    "focal": lambda lp, y, gamma: _focal(y, gamma),
-    "nfl": lambda lp, y, gamma: _nfl(lp, y, gamma),
-    "rce": lambda lp, y, A: _rce(y, A),
-    "sce": lambda lp, y, alpha, beta, A: alpha * _ce(lp, y) + beta * _rce(y, A),
-    "nce_mae": lambda lp, y, alpha, beta: alpha * _nce(lp, y) + beta * _mae_term(y),
-    "nf_mae": lambda lp, y, alpha, beta, gamma: alpha * _nfl(lp, y, gamma) + beta * _mae_term(y),
-    "nce_rce": lambda lp, y, alpha, beta, A: alpha * _nce(lp, y) + beta * _rce(y, A),
-    "nce_agce": lambda lp, y, alpha, beta, a, q: alpha * _nce(lp, y) + beta * _agce(y, a, q),
-}
+def _normalized(base: str, logp: Tensor, lpy: Tensor, prm: Mapping[str, float]) -> Tensor:
+    """``L(p_y) / sum_k L(p_k)``.
+
+    Where a class has ``p_k = 0`` and ``L(0)`` is infinite (ce, focal) the ratio tends to 0 with
+    zero gradient. Such rows are computed on a stand-in ``log p = -1`` (every term finite and
+    positive) and then replaced by 0, so that neither inf / inf nor 0 / 0 (a row whose only
+    finite class has p = 1) enters the backward, where the discarded branch would still pass
+    0 * NaN = NaN.
+    """
+    with torch.no_grad():
+        infinite = torch.isinf(_elementwise(base, logp, prm).sum(dim=1))
+    logp_safe = torch.where(infinite.unsqueeze(1), -1.0, logp)
+    lpy_safe = torch.where(infinite, -1.0, lpy)
+    numerator = _label_term(base, lpy_safe, logp.shape[1], prm)
+    ratio = numerator / _elementwise(base, logp_safe, prm).sum(dim=1)
+    return torch.where(infinite, 0.0, ratio)
+
+
+def _term_rows(term: BoundTerm, logp: Tensor, lpy: Tensor) -> Tensor:
+    prim = term.primitive
+    prm = dict(term.params)
+    if prim.name == "aul":
+        prm["a_minus_1"] = prm["a"] - 1.0
+    if prim.normalizes:
+        return _normalized(prim.normalizes, logp, lpy, prm)
+    return _label_term(prim.name, lpy, logp.shape[1], prm)
 
 
 # ---- bi-tempered logistic loss ----------------------------------------------------------------
@@ -326,18 +339,24 @@ def loss_rows(
     Returns:
         ``[N]`` losses in float32 (float64 for float64 logits).
     """
+    return term_rows(logits, target, spec.bind(params), epsilon)
+
+
+def term_rows(logits: Tensor, target: Tensor, terms: Sequence[BoundTerm], epsilon: float | Tensor = 0.0) -> Tensor:
+    """:func:`loss_rows` of the weighted sum of bound primitives ``terms`` (:meth:`LossSpec.bind`)."""
     z = logits.to(compute_dtype(logits.dtype))
     zb = biased_logits(z, target, epsilon)
     nan_rows = _nan_rows(zb)
     # The NaN rows are computed on zeros, so that whatever they hold cannot reach the gradient
     # of another row or give a finite value; their result is then the poison term.
     zb_safe = zb.masked_fill(nan_rows.unsqueeze(1), 0.0)
-    kw = spec.as_dict(params)
-    if spec.name == "bitemp":
-        rows = _bitemp(zb_safe, target, kw["t1"], kw["t2"], int(kw["num_iters"]))
+    if terms and terms[0].primitive.name == "bitemp":
+        prm = terms[0].params
+        rows = terms[0].weight * _bitemp(zb_safe, target, prm["t1"], prm["t2"], int(prm["num_iters"]))
     else:
         logp = torch.log_softmax(zb_safe, dim=1)
-        rows = _ROW_LOSSES[spec.name](logp, _label_log_prob(zb_safe, target, logp), **kw)
+        lpy = _label_log_prob(zb_safe, target, logp)
+        rows = sum((term.weight * _term_rows(term, logp, lpy) for term in terms), torch.zeros_like(lpy))
     # sum_j zb_j * NaN on the NaN rows (loss NaN, and NaN for every logit and the row's bias),
     # 0 * 0 elsewhere (no 0 * inf: the other rows' logits are masked to 0 first).
     poison = torch.where(nan_rows, float("nan"), 0.0).to(rows.dtype)
