@@ -2,9 +2,10 @@
 
 Written the way the published code writes them (APL / ALFs / SCE / the PyTorch ports of the
 bi-tempered loss): softmax, gather, the formula, the clamps, autograd for the gradient. The
-logit bias is ``logits + eps * one_hot(target)``. Hyper-parameters come from
-:data:`robustkernels.LOSSES` (``naive_loss`` fills the defaults), so the baselines compute the
-same loss as the kernels, up to the published clamps.
+logit bias is ``logits + eps * one_hot(target)``. One function per primitive of
+:data:`robustkernels.PRIMITIVES`; a loss is the weighted sum of its spec's terms, with the spec's
+defaults filled in (``naive_loss``), so the baselines compute the same loss as the kernels, up to
+the published clamps.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def _ce(z, y):
     return F.cross_entropy(z, y, reduction="none")
 
 
-def _mae(z, y, scale=1.0):
-    return scale * (1.0 - _p_y(z, y))
+def _mae(z, y):
+    return 1.0 - _p_y(z, y)
 
 
 def _gce(z, y, q):
@@ -73,6 +74,20 @@ def _nfl(z, y, gamma):
     return -((1 - logpt.exp()) ** gamma) * logpt / normalizor
 
 
+def _ngce(z, y, q):
+    p = F.softmax(z, dim=1).clamp(min=1e-7, max=1.0)
+    p_y = p.gather(1, y.unsqueeze(1)).squeeze(1)
+    return (1.0 - p_y**q) / (z.shape[1] - p.pow(q).sum(dim=1))
+
+
+def _nmae(z, y):
+    return (1.0 - _p_y(z, y)) / (z.shape[1] - 1)
+
+
+def _nrce(z, y, A):
+    return 1 / 4 * (z.shape[1] - 1) * _rce(z, y, A)
+
+
 def _rce(z, y, A):
     # as SCE: -sum_k clamp(p_k) log clamp(onehot_k, 1e-4); A = log of the clamp
     p = F.softmax(z, dim=1).clamp(min=1e-7, max=1.0)
@@ -108,6 +123,7 @@ def _bitemp(z, y, t1, t2, num_iters=5):
     return loss.sum(dim=1)
 
 
+#: Each primitive of robustkernels.PRIMITIVES as published code writes it.
 NAIVE: dict[str, Callable[..., Tensor]] = {
     "ce": _ce,
     "mae": _mae,
@@ -115,15 +131,13 @@ NAIVE: dict[str, Callable[..., Tensor]] = {
     "agce": _agce,
     "aul": _aul,
     "ael": _ael,
-    "nce": _nce,
-    "focal": _focal,
-    "nfl": _nfl,
     "rce": _rce,
-    "sce": lambda z, y, alpha, beta, A: alpha * _ce(z, y) + beta * _rce(z, y, A),
-    "nce_mae": lambda z, y, alpha, beta: alpha * _nce(z, y) + beta * _mae(z, y),
-    "nf_mae": lambda z, y, alpha, beta, gamma: alpha * _nfl(z, y, gamma) + beta * _mae(z, y),
-    "nce_rce": lambda z, y, alpha, beta, A: alpha * _nce(z, y) + beta * _rce(z, y, A),
-    "nce_agce": lambda z, y, alpha, beta, a, q: alpha * _nce(z, y) + beta * _agce(z, y, a, q),
+    "focal": _focal,
+    "nce": _nce,
+    "nfl": _nfl,
+    "ngce": _ngce,
+    "nmae": _nmae,
+    "nrce": _nrce,
     "bitemp": _bitemp,
 }
 
@@ -131,10 +145,11 @@ NAIVE: dict[str, Callable[..., Tensor]] = {
 def naive_loss(name: str, eps: float = 0.0, **params: float) -> Callable[[Tensor, Tensor], Tensor]:
     """``f(logits, target) -> mean loss`` for loss ``name`` with the spec defaults filled in."""
     spec = get_spec(name)
-    prm = {**spec.defaults, **params}
-    row_loss = NAIVE[name]
+    terms = spec.bind(spec.resolve(params))
 
     def loss(logits: Tensor, target: Tensor) -> Tensor:
-        return row_loss(_biased(logits, target, eps), target, **prm).mean()
+        z = _biased(logits, target, eps)
+        rows = [term.weight * NAIVE[term.primitive.name](z, target, **term.params) for term in terms]
+        return sum(rows[1:], rows[0]).mean()
 
     return loss

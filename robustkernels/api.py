@@ -10,7 +10,7 @@ from torch import Tensor
 from ._labels import check_epsilon_rows, check_labels, under_functorch
 from ._numbers import as_int64, is_finite, is_real, to_float
 from .backends import resolve_backend
-from .calibration import epsilon_for_classes
+from .epsilon import epsilon_for_classes
 from .specs import LossSpec, get_spec
 
 __all__ = ["robust_loss", "EpsilonArg"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .calibration import epsilon_for_classes
+from .epsilon import epsilon_for_classes
 
 __all__ = ["EpsilonScheduler", "MODES"]
 

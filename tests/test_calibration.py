@@ -10,6 +10,7 @@ import torch
 
 import robustkernels as rk
 from robustkernels import calibration
+from robustkernels import epsilon as epsilon_module
 from robustkernels.calibration import closed_form_epsilon, epsilon_for_classes, mean_error, transfer
 
 # ---- Eq. 4 ---------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ def test_epsilon_is_deterministic_and_seed_stable(num_classes):
     """+-0.01 whatever the seed; bit-identical for the same seed."""
     values = [epsilon_for_classes(num_classes, seed=s) for s in range(3)]
     assert max(values) - min(values) < 0.01
-    calibration._epsilon_cached.cache_clear()
+    epsilon_module._epsilon_cached.cache_clear()
     assert epsilon_for_classes(num_classes, seed=0) == values[0]
 
 
@@ -129,8 +130,8 @@ def test_large_k_form_agrees_with_the_sampled_form(num_classes, samples):
     0-7 the difference was 0.0003 +- 0.0006, at most 0.0015. 3e-3 is well within the +-0.01 the
     sampled form is documented to. Above K = 1e4 the public function is the large-K form.
     """
-    large = calibration._epsilon_large_k(num_classes, 0.15, 1.0)
-    sampled = calibration._epsilon_cached(num_classes, 0.15, 1.0, samples, 0)
+    large = epsilon_module._epsilon_large_k(num_classes, 0.15, 1.0)
+    sampled = epsilon_module._epsilon_cached(num_classes, 0.15, 1.0, samples, 0)
     assert abs(large - sampled) < 3e-3, (large, sampled)
     if num_classes > 10_000:
         assert epsilon_for_classes(num_classes) == large
@@ -140,7 +141,7 @@ def test_large_k_form_agrees_with_the_sampled_form(num_classes, samples):
 def test_epsilon_for_huge_k_is_fast_and_grows_like_log_k(num_classes):
     """eps(K) - log(K - 1) tends to s^2/2 + a, with E[sigmoid(a + s G)] = C: checked against an
     independent dense integral. The sampled form took 24 s at K = 1e6 and 505 s at K = 1e7."""
-    calibration._epsilon_large_k.cache_clear()
+    epsilon_module._epsilon_large_k.cache_clear()
     start = time.perf_counter()
     eps = epsilon_for_classes(num_classes)
     assert time.perf_counter() - start < 1.0
@@ -161,7 +162,7 @@ def test_large_k_form_where_the_spread_is_wide():
     """logit_std = 8 is large-K only once (e^64 - 1) / (K - 1) <= 1e-3; there the integral over
     z_k - log S (tau ~ 8) runs over the logistic variable. Against the dense integral."""
     k = 2 * 10**31
-    assert calibration._uses_large_k_form(k, 8.0)
+    assert epsilon_module._uses_large_k_form(k, 8.0)
     variance = math.log1p(math.expm1(64.0) / (k - 1))
     a = _root(lambda x: _mean_sigmoid_of_normal(x, math.sqrt(64.0 + variance)), 0.15)
     assert epsilon_for_classes(k, logit_std=8.0) == pytest.approx(math.log(k - 1) + 32.0 - variance / 2 + a, abs=1e-6)
@@ -169,10 +170,10 @@ def test_large_k_form_where_the_spread_is_wide():
 
 def test_large_k_form_needs_concentrated_logits():
     """logit_std = 2 keeps the sampled form at K = 20000 (v = 2.7e-3) and switches by K = 1e5."""
-    assert not calibration._uses_large_k_form(10_000, 0.5)  # K <= 1e4: always sampled
-    assert calibration._uses_large_k_form(10_001, 1.5)
-    assert not calibration._uses_large_k_form(20_000, 2.0)
-    assert calibration._uses_large_k_form(100_000, 2.0)
+    assert not epsilon_module._uses_large_k_form(10_000, 0.5)  # K <= 1e4: always sampled
+    assert epsilon_module._uses_large_k_form(10_001, 1.5)
+    assert not epsilon_module._uses_large_k_form(20_000, 2.0)
+    assert epsilon_module._uses_large_k_form(100_000, 2.0)
 
 
 def test_epsilon_root_outside_the_first_bracket():

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..backends import resolve_backend
-from ..calibration import epsilon_for_classes
 from ..data.images import collate_images
 from ..data.tensor import TensorDataset
 from ..data.transforms import crop_flip
+from ..epsilon import epsilon_for_classes
 from ..modules import RobustLoss
 from ..noise import inject_noise
 from .checkpoint import ResumePoint, capture_rng, find_resume_point, load_checkpoint, restore_rng, save_checkpoint

@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads and device.type == "cpu":
         torch.set_num_threads(args.threads)
     if args.epsilon == "auto":
-        from ..calibration import epsilon_for_classes
+        from ..epsilon import epsilon_for_classes
 
         epsilon = epsilon_for_classes(args.num_classes)
     else:
