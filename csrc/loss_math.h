@@ -21,15 +21,23 @@
 // cpu/vec_ops.h. Row reductions return the same value on every thread of a row, so the
 // data-dependent loops below (bisection) stay uniform across a warp.
 //
-// Gradient shape. Every loss except bitemp has
-//     dL/dz_j = c_pm (p_j - [j == y]) + c_p p_j + c_1 + c_h h_j
-// with per-row scalars (RowCoeffs) and h_j the focal derivative (NFL family only). The label
-// lane is written separately with p_y - 1 = expm1(log p_y), so it never cancels as p_y -> 1.
+// A loss is a weighted sum of primitives (robustkernels/specs.py): the kernels receive the bit
+// mask of the primitives present and the table of slot values (KERNEL_SLOTS: each primitive's
+// weight and parameters), and evaluate each primitive present -- its math written once, in
+// Terms below -- so any combination runs without a rebuild. Kernels are specialised only on
+// which passes over the row the mask needs (row_variant), never on a float value.
+//
+// Gradient shape. Every mask but bitemp's has
+//     dL/dz_j = c_pm (p_j - [j == y]) + c_p p_j + c_1 + c_h h_j + c_pq p_j^q
+// with per-row scalars (RowCoeffs), h_j the focal derivative (nfl only) and q ngce's exponent
+// (ngce only). The label lane is written separately with p_y - 1 = expm1(log p_y), so it never
+// cancels as p_y -> 1.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define RK_HD __host__ __device__ __forceinline__
@@ -37,7 +45,7 @@
 #define RK_HD inline
 #endif
 
-// Kinds, parameter slots and families, generated from robustkernels/specs.py.
+// Primitive bits, slot indices and the term dispatch, generated from robustkernels/specs.py.
 #include "loss_kinds.h"
 
 namespace rk {
@@ -54,12 +62,6 @@ struct Identity {
 
 enum Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
 
-// The row math reads `prm`: the loss's parameters, then values derived from them that must be
-// formed in double before the rounding to the compute type (load_params below).
-constexpr int kParamSlots = kMaxParams + 1;
-constexpr int kAulAMinusOne = kAUL_q + 1;     // aul: a - 1
-constexpr int kBiTempTwoMinusT1 = kBITEMP_num_iters + 1;  // bitemp: 2 - t1
-static_assert(kAulAMinusOne < kParamSlots && kBiTempTwoMinusT1 < kParamSlots, "derived slots fit");
 // Upper bound on bisection steps for the t2 < 1 normalisation. Each step halves a bracket at
 // most -log_t(1/K) wide, so 64 steps reach the float64 resolution for any K (the reference
 // uses the same count); the loop also stops as soon as the midpoint equals an end of the
@@ -67,19 +69,15 @@ static_assert(kAulAMinusOne < kParamSlots && kBiTempTwoMinusT1 < kParamSlots, "d
 // result as running the remaining steps (they can no longer move it by more than an ulp).
 constexpr int kMaxBisectionSteps = 64;
 
-// prm of the row math from the op's float64 parameters (host code). The derived slots hold
-// differences that vanish at an end of a parameter's range, where forming them in fp32 from the
-// rounded parameter keeps only the rounding error: a = 1 + 1e-7 is 1 + 1.19e-7 in fp32, so
-// a - 1 -- of which aul's loss and gradient are functions -- came out 19 % too large (measured
-// 15 % error in the loss); bitemp's loss divides by 2 - t1 (16 % error at t1 = 2 - 1e-7).
-// In double both are exact up to the final rounding.
+// The slots of the row math (`prm`) in the compute type, from the op's float64 params (host
+// code). The derived slots hold differences that vanish at an end of a parameter's range, formed
+// in double by robustkernels.specs.kernel_args: from the rounded parameter in fp32 they would
+// keep only the rounding error -- a = 1 + 1e-7 is 1 + 1.19e-7 in fp32, so aul's a - 1, of which
+// its loss and gradient are functions, came out 19 % too large (15 % error in the loss);
+// bitemp's loss divides by 2 - t1 (16 % error at t1 = 2 - 1e-7).
 template <class T>
-inline void load_params(int kind, const double* params, T* prm) {
-  for (int i = 0; i < kParamSlots; ++i) prm[i] = T(0);
-  const int n = num_params(kind);
-  for (int i = 0; i < n; ++i) prm[i] = static_cast<T>(params[i]);
-  if (kind == kAUL) prm[kAulAMinusOne] = static_cast<T>(params[kAUL_a] - 1.0);
-  if (kind == kBITEMP) prm[kBiTempTwoMinusT1] = static_cast<T>(2.0 - params[kBITEMP_t1]);
+inline void load_slots(const double* params, T* prm) {
+  for (int i = 0; i < kNumSlots; ++i) prm[i] = static_cast<T>(params[i]);
 }
 
 // ---- elementwise operations on T and on vectors of T -------------------------------------------
@@ -159,46 +157,34 @@ RK_HD V focal_h(V lp, T gamma) {
   return focal_h_from(lp, Ops<V>::exp(lp), focal_weight(lp, gamma), gamma);
 }
 
-// The two row sums of the NFL family, sum_k focal_k and sum_k h_k, and its gradient pass
-// grad_j = c_p p_j + c_1 + c_h h_j. These defaults go through the Row interface and recompute
-// the focal terms in each pass; a Row may overload them (found by argument-dependent lookup)
-// to compute them once -- the CPU Row does, keeping h_j for the gradient pass.
-// log p_k is formed as (a_k - m) - log s, never a_k - (m + log s): rounding m + log s at the
-// scale of m costs ulp(m) absolute in every log p_k (2e-3 at logits around 3e4).
-template <class T, class Row>
-RK_HD void focal_sums(Row& row, T m, T log_s, T gamma, T& focal_sum, T& h_sum) {
-  focal_sum = row.sum_of([m, log_s, gamma](auto a) {
-    using V = decltype(a);
-    const V lp = (a - V(m)) - V(log_s);
-    return V(T(0)) - focal_weight(lp, gamma) * lp;
-  });
-  h_sum = row.sum_of([m, log_s, gamma](auto a) {
-    using V = decltype(a);
-    return focal_h((a - V(m)) - V(log_s), gamma);
-  });
+// ngce's base L = (1 - p^q) / q times q, elementwise: -expm1(q log p), and p^q (its d = p^q).
+// The factor 1 / q is applied once, to the row sum. expm1, not 1 - p^q: that cancels for small q
+// (the ngce default is q = 0.1) and as p -> 1; p^q from exp, not 1 + expm1, which loses a small
+// p^q.
+template <class V, class T>
+RK_HD V one_minus_pow(V lp, T q, V& pow_q) {
+  const V x = V(q) * lp;
+  pow_q = Ops<V>::exp(x);
+  return V(T(0)) - Ops<V>::expm1(x);
 }
 
-template <class T, class Row>
-RK_HD void write_focal_grad(Row& row, T m, T log_s, T gamma, T c_p, T c_1, T c_h, T g_y) {
-  row.write_grad(
-      [m, log_s, c_p, c_1, c_h, gamma](auto a) {
-        using V = decltype(a);
-        const V lp = (a - V(m)) - V(log_s);
-        return Ops<V>::exp(lp) * V(c_p) + V(c_1) + V(c_h) * focal_h(lp, gamma);
-      },
-      g_y);
-}
+// ---- per-row scalars --------------------------------------------------------------------------
 
-// ---- per-row scalars of the label family and the focal family --------------------------------
+// Row sums of the base L of a normalised form L(p_y) / sum_k L(p_k): D = sum_k L(log p_k) and
+// H = sum_k d_k with d = -dL/dlog p, so that dL(log p_k)/dz_j = d_k (p_j - [j == k]).
+template <class T>
+struct BaseSums {
+  T D = 0;
+  T H = 0;
+};
 
 template <class T>
 struct RowStats {
-  T lpy = 0;         // log p_y
-  T sum_logp = 0;    // sum_k log p_k                     (NCE combinations)
-  T focal_sum = 0;   // sum_k focal_k = -sum_k w_k log p_k (NFL family)
-  T focal_hsum = 0;  // sum_k h_k                          (NFL family)
-  bool any_zero = false;  // some log p_k == -inf          (NFL family)
+  T lpy = 0;  // log p_y
   int64_t K = 0;
+  BaseSums<T> ce;     // nce: L = -log p, d = 1
+  BaseSums<T> focal;  // nfl: L = focal, d = h
+  BaseSums<T> gce;    // ngce: L = (1 - p^q) / q, d = p^q
 };
 
 template <class T>
@@ -207,15 +193,18 @@ struct RowCoeffs {
   T pm = 0;   // coefficient of p_j - [j == y]
   T p = 0;    // coefficient of p_j
   T one = 0;  // constant
-  T h = 0;    // coefficient of h_j (NFL family)
+  T h = 0;    // coefficient of h_j (nfl)
+  T pq = 0;   // coefficient of p_j^q, q of ngce (ngce)
 };
 
-// Single terms of weight w. Losses of p_y only: L = f(log p_y) has dL/dz_j = -f'(log p_y)
-// (p_j - [j == y]), so c_pm = -f'. Every 1 - p_y is -expm1(log p_y).
+// The primitives of weight w; for_each_term (generated) calls the ones of the mask with their
+// slots. Losses of p_y only: L = f(log p_y) has dL/dz_j = -f'(log p_y) (p_j - [j == y]), so
+// c_pm = -f'. Every 1 - p_y is -expm1(log p_y).
 template <class T>
 struct Terms {
   using O = Ops<T>;
   RowCoeffs<T>& c;
+  const RowStats<T>& s;
   T lpy, py, one_minus_py;
 
   RK_HD void ce(T w) {
@@ -242,8 +231,9 @@ struct Terms {
     c.loss += w * -O::exp(q * O::log(a + T(1))) * O::expm1(q * l) / q;
     c.pm += w * O::exp((q - T(1)) * O::log(a_plus_p)) * py;
   }
-  // a_minus_1 = a - 1 from the host (load_params), never a - 1 of the rounded a.
-  RK_HD void aul(T w, T a_minus_1, T q) {
+  // The loss and gradient read a - 1 (the derived slot formed on the host), never a - 1 of
+  // the rounded a.
+  RK_HD void aul(T w, T /*a*/, T q, T a_minus_1) {
     // (a-p)^q - (a-1)^q = (a-1)^q expm1(q log1p((1-p)/(a-1))), and a - p = (a-1) + (1-p): both
     // parts positive, where a - p itself would cancel for a -> 1 and p -> 1.
     const T am1q = O::exp(q * O::log(a_minus_1));
@@ -263,58 +253,149 @@ struct Terms {
     c.loss += w * -focal_weight(lpy, gamma) * lpy;
     c.pm += w * focal_h(lpy, gamma);
   }
-  // NCE = log p_y / S with S = sum_k log p_k and dS/dz_j = 1 - K p_j:
-  //   dL/dz_j = -(p_j - [j == y]) / S + K (log p_y / S) / S p_j - (log p_y / S) / S.
-  // (log p_y / S) / S rather than log p_y / S^2: no overflow of S^2, and S = -inf (a class with
-  // p = 0) gives loss 0 and gradient 0, the limit.
-  RK_HD void nce(T w, const RowStats<T>& s) {
-    const T r = lpy / s.sum_logp;
-    c.loss += w * r;
-    c.pm += w * (-T(1) / s.sum_logp);
-    c.p += w * T(s.K) * r / s.sum_logp;
-    c.one += w * -r / s.sum_logp;
+  // mae and rce are symmetric, so their normalised forms are constant rescalings.
+  RK_HD void nmae(T w) {  // (1 - p_y) / (K - 1)
+    mae(w / T(s.K - 1));
   }
-  // NFL = N / D with N = focal_y, D = sum_k focal_k, H = sum_k h_k:
-  //   dL/dz_j = h_y / D (p_j - [j == y]) - (N / D) (H / D) p_j + (N / D) / D h_j.
-  // A class with p = 0 makes D infinite: loss 0, gradient 0 (the reference's limit).
-  RK_HD void nfl(T w, T gamma, const RowStats<T>& s) {
-    if (s.any_zero) return;
-    const T r = -focal_weight(lpy, gamma) * lpy / s.focal_sum;
+  RK_HD void nrce(T w, T A) {  // (K - 1) / 4 * -A (1 - p_y), as published
+    rce(w * (T(s.K - 1) / T(4)), A);
+  }
+  RK_HD void nce(T w) { normalized(w, -lpy, T(1), s.ce, c.one); }
+  RK_HD void nfl(T w, T gamma) {
+    normalized(w, -focal_weight(lpy, gamma) * lpy, focal_h(lpy, gamma), s.focal, c.h);
+  }
+  RK_HD void ngce(T w, T q) { normalized(w, -O::expm1(q * lpy) / q, O::exp(q * lpy), s.gce, c.pq); }
+
+  // w N / D with N = L(log p_y), d_y = -L'(log p_y), D and H the row sums of the base:
+  //   d(N / D)/dz_j = d_y / D (p_j - [j == y]) - (N / D) (H / D) p_j + (N / D) / D d_j,
+  // the last term per element: c_elem is the coefficient of d_j (of 1 for nce, where d = 1).
+  // (N / D) / D rather than N / D^2: no overflow of D^2. A class with p = 0 where L(0) is
+  // infinite (ce, focal) makes D infinite: the term is 0 with gradient 0, its limit (and N / D
+  // would be inf / inf at a label with p_y = 0).
+  RK_HD void normalized(T w, T N, T d_y, const BaseSums<T>& sums, T& c_elem) {
+    if (!(sums.D < infinity<T>())) return;
+    const T r = N / sums.D;
     c.loss += w * r;
-    c.pm += w * focal_h(lpy, gamma) / s.focal_sum;
-    c.p += w * -r * (s.focal_hsum / s.focal_sum);
-    c.h += w * r / s.focal_sum;
+    c.pm += w * d_y / sums.D;
+    c.p += w * -r * (sums.H / sums.D);
+    c_elem += w * r / sums.D;
   }
 };
 
-// Loss and gradient coefficients of one row from its statistics; prm from load_params.
+// Loss and gradient coefficients of one row from its statistics: every primitive of the mask.
 template <class T>
-RK_HD RowCoeffs<T> row_coeffs(int kind, const T* prm, const RowStats<T>& s) {
+RK_HD RowCoeffs<T> row_coeffs(unsigned mask, const T* prm, const RowStats<T>& s) {
   using O = Ops<T>;
   RowCoeffs<T> c;
-  Terms<T> t{c, s.lpy, O::exp(s.lpy), -O::expm1(s.lpy)};
-  switch (kind) {
-    case kCE: t.ce(T(1)); break;
-    case kMAE: t.mae(prm[kMAE_scale]); break;
-    case kGCE: t.gce(T(1), prm[kGCE_q]); break;
-    case kAGCE: t.agce(T(1), prm[kAGCE_a], prm[kAGCE_q]); break;
-    case kAUL: t.aul(T(1), prm[kAulAMinusOne], prm[kAUL_q]); break;
-    case kAEL: t.ael(T(1), prm[kAEL_a]); break;
-    case kNCE: t.nce(T(1), s); break;
-    case kFOCAL: t.focal(T(1), prm[kFOCAL_gamma]); break;
-    case kNFL: t.nfl(T(1), prm[kNFL_gamma], s); break;
-    case kRCE: t.rce(T(1), prm[kRCE_A]); break;
-    case kSCE: t.ce(prm[kSCE_alpha]); t.rce(prm[kSCE_beta], prm[kSCE_A]); break;
-    case kNCE_MAE: t.nce(prm[kNCE_MAE_alpha], s); t.mae(prm[kNCE_MAE_beta]); break;
-    case kNF_MAE: t.nfl(prm[kNF_MAE_alpha], prm[kNF_MAE_gamma], s); t.mae(prm[kNF_MAE_beta]); break;
-    case kNCE_RCE: t.nce(prm[kNCE_RCE_alpha], s); t.rce(prm[kNCE_RCE_beta], prm[kNCE_RCE_A]); break;
-    case kNCE_AGCE:
-      t.nce(prm[kNCE_AGCE_alpha], s);
-      t.agce(prm[kNCE_AGCE_beta], prm[kNCE_AGCE_a], prm[kNCE_AGCE_q]);
-      break;
-    default: break;
-  }
+  Terms<T> t{c, s, s.lpy, O::exp(s.lpy), -O::expm1(s.lpy)};
+  for_each_term(mask, prm, t);
   return c;
+}
+
+// ---- kernel variants ----------------------------------------------------------------------------
+
+// What a kernel is specialised on: the passes over the row a mask needs. bitemp has a row
+// driver of its own. Of the normalised forms, nfl and ngce need a transcendental of every
+// log p_k summed (and a term per element in the gradient): each is a compile-time part of the
+// variant. nce's sums are one pass of a_k - m with closed forms otherwise (H = K, d = 1), taken
+// on a bit test of the mask, the same for every row; label-only primitives need no pass.
+constexpr unsigned kElementwiseSums = (1u << kNFL) | (1u << kNGCE);
+constexpr unsigned kVariantLabel = 0;
+constexpr unsigned kVariantNfl = 1u << kNFL;
+constexpr unsigned kVariantNgce = 1u << kNGCE;
+constexpr unsigned kVariantNflNgce = kVariantNfl | kVariantNgce;
+constexpr unsigned kVariantBiTemp = kBiTempTerms;
+
+RK_HD constexpr unsigned row_variant(unsigned mask) {
+  return family_of(mask) == kBiTempFamily ? kVariantBiTemp : (sums_needed(mask) & kElementwiseSums);
+}
+
+template <unsigned V>
+using Variant = std::integral_constant<unsigned, V>;
+
+// Every value row_variant can take, for the host's switch below and the CUDA instantiations
+// (row_kernels.cuh): X(variant, args...) for each.
+#define RK_FOR_EACH_VARIANT(X, ...)                                                               \
+  X(rk::kVariantLabel, __VA_ARGS__) X(rk::kVariantNfl, __VA_ARGS__) X(rk::kVariantNgce, __VA_ARGS__) \
+      X(rk::kVariantNflNgce, __VA_ARGS__) X(rk::kVariantBiTemp, __VA_ARGS__)
+
+#define RK_VARIANT_IS(V, _) || v == (V)
+constexpr bool variant_listed(unsigned v) { return false RK_FOR_EACH_VARIANT(RK_VARIANT_IS, _); }
+#undef RK_VARIANT_IS
+constexpr bool every_variant_listed() {
+  for (unsigned v = 0; v <= kElementwiseSums; ++v) {
+    if ((v & ~kElementwiseSums) == 0 && !variant_listed(v)) return false;
+  }
+  return variant_listed(kVariantBiTemp);
+}
+static_assert(every_variant_listed(), "RK_FOR_EACH_VARIANT must list every value of row_variant");
+
+// f(Variant<row_variant(mask)>{}): the one switch from a mask to a compiled variant (host code).
+template <class F>
+inline void dispatch_variant(unsigned mask, const F& f) {
+  const unsigned v = row_variant(mask);
+#define RK_CALL_IF_VARIANT(V, _) \
+  if (v == (V)) return f(Variant<(V)>{});
+  RK_FOR_EACH_VARIANT(RK_CALL_IF_VARIANT, _)
+#undef RK_CALL_IF_VARIANT
+}
+
+// The elementwise row sums of the normalised forms of variant kV (nfl: sum_k focal_k and
+// sum_k h_k; ngce: sum_k (1 - p_k^q) / q and sum_k p_k^q), and their gradient pass
+// grad_j = c_p p_j + c_1 + c_h h_j + c_pq p_j^q. These defaults go through the Row interface and
+// recompute the elementwise terms in each pass; a Row may overload them (found by
+// argument-dependent lookup) to compute them once -- the CPU Row does, keeping h_j and p_j^q for
+// the gradient pass. log p_k is formed as (a_k - m) - log s, never a_k - (m + log s): rounding
+// m + log s at the scale of m costs ulp(m) absolute in every log p_k (2e-3 at logits around 3e4).
+template <unsigned kV, class T, class Row>
+RK_HD void elementwise_sums(Variant<kV>, Row& row, T m, T log_s, const T* prm, RowStats<T>& st) {
+  if constexpr ((kV & (1u << kNFL)) != 0) {
+    const T gamma = prm[kSlot_nfl_gamma];
+    st.focal.D = row.sum_of([m, log_s, gamma](auto a) {
+      using V = decltype(a);
+      const V lp = (a - V(m)) - V(log_s);
+      return V(T(0)) - focal_weight(lp, gamma) * lp;
+    });
+    st.focal.H = row.sum_of([m, log_s, gamma](auto a) {
+      using V = decltype(a);
+      return focal_h((a - V(m)) - V(log_s), gamma);
+    });
+  }
+  if constexpr ((kV & (1u << kNGCE)) != 0) {
+    const T q = prm[kSlot_ngce_q];
+    st.gce.D = row.sum_of([m, log_s, q](auto a) {
+                 using V = decltype(a);
+                 V pow_q;  // unused: this pass recomputes
+                 return one_minus_pow((a - V(m)) - V(log_s), q, pow_q);
+               }) /
+               q;
+    st.gce.H = row.sum_of([m, log_s, q](auto a) {
+      using V = decltype(a);
+      return Ops<V>::exp(V(q) * ((a - V(m)) - V(log_s)));
+    });
+  }
+}
+
+// Gradient coefficients of the other lanes, scaled for the reduction.
+template <class T>
+struct GradCoeffs {
+  T p, one, h, pq;
+};
+
+template <unsigned kV, class T, class Row>
+RK_HD void write_elementwise_grad(Variant<kV>, Row& row, T m, T log_s, const T* prm, const GradCoeffs<T>& g,
+                                  T g_y) {
+  const T gamma = prm[kSlot_nfl_gamma], q = prm[kSlot_ngce_q];
+  row.write_grad(
+      [m, log_s, gamma, q, g](auto a) {
+        using V = decltype(a);
+        const V lp = (a - V(m)) - V(log_s);
+        V out = Ops<V>::exp(lp) * V(g.p) + V(g.one);
+        if constexpr ((kV & (1u << kNFL)) != 0) out = out + V(g.h) * focal_h(lp, gamma);
+        if constexpr ((kV & (1u << kNGCE)) != 0) out = out + V(g.pq) * Ops<V>::exp(V(q) * lp);
+        return out;
+      },
+      g_y);
 }
 
 // ---- row drivers --------------------------------------------------------------------------------
@@ -335,10 +416,10 @@ RK_HD T log_partition(Row& row, T m, T a_y) {
 // Row policy of every backend (robustkernels.reference and the Triton kernels as well): a row
 // holding a NaN or a +inf, or only -inf, is a NaN row -- NaN loss, NaN in every gradient lane.
 // Propagation alone does not give it: with a +inf the loss is NaN but the gradient off the label
-// is exp(a_j - inf) * c = 0, and NFL reads the p_k = 0 of the finite classes as its limit
-// "loss 0". m = max_j a_j propagates NaN, so this one test on it decides; -inf entries in a row
-// with a finite maximum are legal (classes with p = 0). m is the same in every thread of a row,
-// so a kernel's threads leave together.
+// is exp(a_j - inf) * c = 0, and a normalised form reads the p_k = 0 of the finite classes as its
+// limit "loss 0". m = max_j a_j propagates NaN, so this one test on it decides; -inf entries in a
+// row with a finite maximum are legal (classes with p = 0). m is the same in every thread of a
+// row, so a kernel's threads leave together.
 template <class T, class Row>
 RK_HD bool nan_row(Row& row, T m, bool need_grad) {
   if (m > -infinity<T>() && m < infinity<T>()) return false;
@@ -353,14 +434,14 @@ RK_HD bool nan_row(Row& row, T m, bool need_grad) {
   return true;
 }
 
-// Label and focal families. `scale` multiplies the gradient (1/count for mean, else 1).
-// kMayBeFocal = false lets a kernel specialised on the label family drop the focal passes.
-template <class T, bool kMayBeFocal = true, class Row>
-RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T scale) {
+// Every mask but bitemp's: the softmax of the row, the sums its normalised forms need, then the
+// coefficients of its terms. `scale` multiplies the gradient (1/count for mean, else 1).
+template <class T, unsigned kV, class Row>
+RK_HD T label_row(Row& row, unsigned mask, const T* prm, T a_y, bool need_grad, T scale) {
   using O = Ops<T>;
   const T m = row.max_of(Identity{});
   if (nan_row(row, m, need_grad)) return std::numeric_limits<T>::quiet_NaN();
-  // As log_partition below, with exp(a_k - m) remembered for the gradient.
+  // As log_partition above, with exp(a_k - m) remembered for the gradient.
   auto exp_shifted = [m](auto a) {
     using V = decltype(a);
     return Ops<V>::exp_shifted(a - V(m));
@@ -368,36 +449,25 @@ RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T sca
   row.remember(exp_shifted);
   const T others = row.sum_others_remembered(exp_shifted, Identity{});
   const T log_s = a_y == m ? O::log1p(others) : O::log(O::exp(a_y - m) + others);
-  const T lse = m + log_s;
   RowStats<T> st;
   st.K = row.K;
-  st.lpy = (a_y - m) - log_s;  // not a_y - lse: m + log_s rounds log_s away when it is tiny
-  if (uses_sum_logp(kind)) {
-    // sum_k (a_k - m) - K log s: both parts <= 0, so no cancellation.
-    st.sum_logp = row.sum_of([m](auto a) {
+  st.lpy = (a_y - m) - log_s;  // not a_y - (m + log_s): the sum rounds log_s away when it is tiny
+  if ((mask & (1u << kNCE)) != 0) {
+    // D = -sum_k log p_k = K log s - sum_k (a_k - m): both parts >= 0, so no cancellation.
+    st.ce.D = T(row.K) * log_s - row.sum_of([m](auto a) {
       using V = decltype(a);
       return a - V(m);
-    }) - T(row.K) * log_s;
+    });
+    st.ce.H = T(row.K);
   }
-  const bool focal = kMayBeFocal && family_of(kind) == kFocalFamily;
-  const T gamma = focal ? prm[focal_gamma_slot(kind)] : T(0);
-  if (focal) {
-    focal_sums(row, m, log_s, gamma, st.focal_sum, st.focal_hsum);
-    // log p_k == -inf  <=>  -(a_k - lse) > max finite (false for NaN, which must stay NaN).
-    st.any_zero = row.max_of([lse](auto a) {
-      using V = decltype(a);
-      return Ops<V>::select_gt(V(lse) - a, V(std::numeric_limits<T>::max()), V(T(1)), V(T(0)));
-    }) > T(0);
-  }
-  const RowCoeffs<T> c = row_coeffs(kind, prm, st);
+  if constexpr (kV != kVariantLabel) elementwise_sums(Variant<kV>{}, row, m, log_s, prm, st);
+  const RowCoeffs<T> c = row_coeffs(mask, prm, st);
   if (need_grad) {
-    const T c_p = scale * (c.pm + c.p), c_1 = scale * c.one, c_h = scale * c.h;
+    const GradCoeffs<T> g{scale * (c.pm + c.p), scale * c.one, scale * c.h, scale * c.pq};
     T g_y = scale * (c.pm * O::expm1(st.lpy) + c.p * O::exp(st.lpy) + c.one);
-    if (focal) {
-      g_y += c_h * focal_h(st.lpy, gamma);
-      write_focal_grad(row, m, log_s, gamma, c_p, c_1, c_h, g_y);
-    } else {
-      const T c_e = c_p * O::exp(-log_s);  // p_j = exp(a_j - m) / s
+    if constexpr (kV == kVariantLabel) {
+      const T c_e = g.p * O::exp(-log_s);  // p_j = exp(a_j - m) / s
+      const T c_1 = g.one;
       row.write_grad_remembered(
           exp_shifted,
           [c_e, c_1](auto e) {
@@ -405,6 +475,10 @@ RK_HD T label_row(Row& row, int kind, const T* prm, T a_y, bool need_grad, T sca
             return e * V(c_e) + V(c_1);
           },
           g_y);
+    } else {
+      if constexpr ((kV & (1u << kNFL)) != 0) g_y += g.h * focal_h(st.lpy, prm[kSlot_nfl_gamma]);
+      if constexpr ((kV & (1u << kNGCE)) != 0) g_y += g.pq * O::exp(prm[kSlot_ngce_q] * st.lpy);
+      write_elementwise_grad(Variant<kV>{}, row, m, log_s, prm, g, g_y);
     }
   }
   return c.loss;
@@ -463,12 +537,14 @@ RK_HD T bitemp_normalization(Row& row, T mu, T a_y, T t, int num_iters) {
 // Bi-tempered loss -log_t1(p_y) - (1 - sum_k p_k^(2-t1)) / (2-t1) with the implicit-function
 // gradient dL/da_j = w_j - s_j sum_k w_k, w_k = (p_k - [k == y]) f_k, forget factor
 // f = p^(t2-t1) (0 where p = 0: p is locally constant there, and this avoids 0 * inf),
-// escort s = p^t2 / sum p^t2. prm = (t1, t2, num_iters, 2 - t1).
+// escort s = p^t2 / sum p^t2; all times the term's weight.
 template <class T, class Row>
 RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
   using O = Ops<T>;
-  const T t1 = prm[kBITEMP_t1], t2 = prm[kBITEMP_t2];
-  const int num_iters = static_cast<int>(prm[kBITEMP_num_iters]);
+  const T t1 = prm[kSlot_bitemp_t1], t2 = prm[kSlot_bitemp_t2];
+  const T weight = prm[kSlot_bitemp_weight];
+  const int num_iters = static_cast<int>(prm[kSlot_bitemp_num_iters]);
+  scale *= weight;
   const T mu = row.max_of(Identity{});
   if (nan_row(row, mu, need_grad)) return std::numeric_limits<T>::quiet_NaN();
   const T lam = bitemp_normalization(row, mu, a_y, t2, num_iters);
@@ -481,7 +557,7 @@ RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
   };
   const T lpy = log_p(a_y);
   row.remember(log_p);
-  const T two_minus_t1 = prm[kBiTempTwoMinusT1];  // from the host: 1 / (2 - t1) is the loss's scale
+  const T two_minus_t1 = prm[kSlot_bitemp_two_minus_t1];  // from the host: 1 / (2 - t1) is the loss's scale
   const T sum_pow = row.sum_remembered(log_p, [two_minus_t1](auto lp) {
     using V = decltype(lp);
     return Ops<V>::exp(V(two_minus_t1) * lp);
@@ -512,13 +588,18 @@ RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
         },
         scale * w_y + c_s * O::exp(t2 * lpy));
   }
-  return loss;
+  return weight * loss;
 }
 
-template <class T, class Row>
-RK_HD T row_forward(Row& row, int kind, const T* prm, T a_y, bool need_grad, T scale) {
-  if (kind == kBITEMP) return bitemp_row(row, prm, a_y, need_grad, scale);
-  return label_row(row, kind, prm, a_y, need_grad, scale);
+// The loss of one row (and its gradient when need_grad) for the primitives of `mask`, by the
+// row driver of variant kV = row_variant(mask).
+template <class T, unsigned kV, class Row>
+RK_HD T row_forward(Row& row, unsigned mask, const T* prm, T a_y, bool need_grad, T scale) {
+  if constexpr (kV == kVariantBiTemp) {
+    return bitemp_row(row, prm, a_y, need_grad, scale);
+  } else {
+    return label_row<T, kV>(row, mask, prm, a_y, need_grad, scale);
+  }
 }
 
 }  // namespace rk

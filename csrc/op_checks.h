@@ -13,7 +13,7 @@
 namespace rk {
 
 inline void check_forward_inputs(const at::Tensor& logits, const at::Tensor& target,
-                                 const std::optional<at::Tensor>& epsilon_rows, int64_t kind,
+                                 const std::optional<at::Tensor>& epsilon_rows, int64_t terms,
                                  c10::ArrayRef<double> params, int64_t reduction) {
   TORCH_CHECK(logits.dim() == 2, "logits must be 2-D [N, K], got shape ", logits.sizes());
   TORCH_CHECK(logits.size(1) >= 2, "logits must have at least 2 classes, got K=", logits.size(1));
@@ -35,14 +35,17 @@ inline void check_forward_inputs(const at::Tensor& logits, const at::Tensor& tar
     TORCH_CHECK(eps.device() == logits.device(), "epsilon_rows is on ", eps.device(), " but logits are on ",
                 logits.device());
   }
-  TORCH_CHECK(kind >= 0 && kind < kNumKinds, "kind must be a loss kind in [0, ", int(kNumKinds), "), got ", kind);
-  TORCH_CHECK(static_cast<int64_t>(params.size()) == num_params(static_cast<int>(kind)), "params: loss '",
-              kind_name(static_cast<int>(kind)), "' (kind ", kind, ") takes ", num_params(static_cast<int>(kind)),
-              " parameter(s) in spec order, got ", params.size());
-  if (kind == kBITEMP) {
-    const double iters = params[2];
+  TORCH_CHECK(terms > 0 && (terms & ~static_cast<int64_t>(kKnownTerms)) == 0,
+              "terms must be a non-zero bit mask of primitives (bits 0..", kNumPrimitives - 1,
+              " of robustkernels.specs.PRIMITIVES), got ", terms);
+  TORCH_CHECK((terms & kBiTempTerms) == 0 || terms == kBiTempTerms, "terms: ", primitive_name(kBITEMP), " (bit ",
+              int(kBITEMP), ") has its own softmax and cannot be combined with other primitives, got mask ", terms);
+  TORCH_CHECK(static_cast<int64_t>(params.size()) == kNumSlots, "params must hold the ", int(kNumSlots),
+              " slot values of robustkernels.specs.KERNEL_SLOTS, got ", params.size());
+  if (terms == kBiTempTerms) {
+    const double iters = params[kSlot_bitemp_num_iters];
     TORCH_CHECK(iters >= 1 && iters <= 1000 && iters == static_cast<double>(static_cast<int64_t>(iters)),
-                "params: bitemp num_iters must be an integer in [1, 1000], got ", iters);
+                "params: ", slot_name(kSlot_bitemp_num_iters), " must be an integer in [1, 1000], got ", iters);
   }
   TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum,
               "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);

@@ -18,9 +18,15 @@ PyObject* PyInit__C(void) {
 }
 
 namespace {
-// Kind tables of the C++ side, exposed so the tests can check them against specs.LOSSES.
-std::string kind_name_op(int64_t kind) { return rk::kind_name(static_cast<int>(kind)); }
-int64_t num_params_op(int64_t kind) { return rk::num_params(static_cast<int>(kind)); }
+// The generated tables of the C++ side (loss_kinds.h), exposed so the tests can check them
+// against specs.PRIMITIVES and specs.KERNEL_SLOTS; "" out of range.
+int64_t num_slots_op() { return rk::kNumSlots; }
+std::string slot_name_op(int64_t slot) {
+  return slot >= 0 && slot < rk::kNumSlots ? rk::slot_name(static_cast<int>(slot)) : "";
+}
+std::string primitive_name_op(int64_t bit) {
+  return bit >= 0 && bit < rk::kNumPrimitives ? rk::primitive_name(static_cast<int>(bit)) : "";
+}
 }  // namespace
 
 TORCH_LIBRARY(robustkernels, m) {
@@ -28,14 +34,17 @@ TORCH_LIBRARY(robustkernels, m) {
   m.set_python_module("robustkernels.native");
   // Per-row losses (reduction 0 = none) or their mean (1, over rows whose label is not
   // ignore_index) or sum (2), and, when compute_grad, d loss / d logits already scaled for the
-  // reduction, in a fresh contiguous buffer of the logits' dtype ([0] otherwise). Float
-  // hyper-parameters are runtime values in spec order; only `kind` selects code.
+  // reduction, in a fresh contiguous buffer of the logits' dtype ([0] otherwise). The loss is
+  // the weighted sum of the primitives whose bits are set in `terms`; `params` holds the values
+  // of every slot of robustkernels.specs.KERNEL_SLOTS (weights and parameters, runtime floats).
+  // Only the passes over a row that `terms` needs select code.
   m.def(
-      "loss_forward(Tensor logits, Tensor target, Tensor? epsilon_rows, float epsilon, int kind, "
+      "loss_forward(Tensor logits, Tensor target, Tensor? epsilon_rows, float epsilon, int terms, "
       "float[] params, int ignore_index, int reduction, bool compute_grad) -> (Tensor loss, Tensor grad)");
   // grad *= grad_output (a scalar, or one factor per row). A scalar equal to 1 -- the common
   // loss.backward() -- is detected on the device and leaves grad untouched, without a host sync.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
-  m.def("kind_name(int kind) -> str", &kind_name_op);
-  m.def("num_params(int kind) -> int", &num_params_op);
+  m.def("num_slots() -> int", &num_slots_op);
+  m.def("slot_name(int slot) -> str", &slot_name_op);
+  m.def("primitive_name(int bit) -> str", &primitive_name_op);
 }

@@ -70,7 +70,7 @@ def _fake_loss_forward(
     target: Tensor,
     epsilon_rows: Tensor | None,
     epsilon: float,
-    kind: int,
+    terms: int,
     params: list[float],
     ignore_index: int,
     reduction: int,
@@ -88,15 +88,16 @@ def _fake_scale_grad_(grad: Tensor, grad_output: Tensor) -> None:
 
 
 def _recompute_grad(logits: Tensor, target: Tensor, epsilon_rows: Tensor | None, op_args: tuple) -> Tensor:
-    epsilon, kind, params, ignore_index, reduction, _ = op_args
+    epsilon, terms, slots, ignore_index, reduction, _ = op_args
     return torch.ops.robustkernels.loss_forward(
-        logits, target, epsilon_rows, epsilon, kind, params, ignore_index, reduction, True
+        logits, target, epsilon_rows, epsilon, terms, slots, ignore_index, reduction, True
     )[1]
 
 
 def _decode(op_args: tuple) -> tuple[float, int, list[float], int, str]:
-    epsilon, kind, params, ignore_index, reduction, _ = op_args
-    return epsilon, kind, params, ignore_index, _REDUCTION_NAMES[reduction]
+    """``(epsilon, term mask, slots, ignore_index, reduction name)`` of the op's arguments."""
+    epsilon, terms, slots, ignore_index, reduction, _ = op_args
+    return epsilon, terms, slots, ignore_index, _REDUCTION_NAMES[reduction]
 
 
 _REDUCTION_NAMES = {code: name for name, code in REDUCTION_CODES.items()}
@@ -136,13 +137,15 @@ def robust_loss(
     needs_grad = torch.is_grad_enabled() and (
         logits.requires_grad or (epsilon_rows is not None and epsilon_rows.requires_grad)
     )
+    # The primitives present (the only thing that selects kernel code) and every slot's value.
+    terms, slots = spec.kernel_args(params)
     loss, _ = torch.ops.robustkernels.loss_forward(
         logits,
         target,
         epsilon_rows,
         scalar_epsilon,
-        spec.kind,
-        runtime_floats(params),
+        terms,
+        runtime_floats(slots),
         ignore_index,
         REDUCTION_CODES[reduction],
         needs_grad,

@@ -16,6 +16,7 @@ import torch
 
 import robustkernels as rk
 from robustkernels import _torch_backend, native
+from robustkernels.specs import KERNEL_SLOTS, PRIMITIVES
 
 pytestmark = pytest.mark.skipif(
     native.unavailable_reason(torch.device("cpu")) is not None,
@@ -65,12 +66,18 @@ def _assert_close(got_loss, got_grad, want_loss, want_grad, dtype):
     torch.testing.assert_close(got_grad.double(), want_grad.double(), rtol=gtol, atol=atol, equal_nan=True)
 
 
-def test_kind_tables_match_specs():
-    """The C++ kind enum and parameter counts are the ones of specs.LOSSES."""
-    for spec in rk.LOSSES.values():
-        assert OPS.kind_name(spec.kind) == spec.name
-        assert OPS.num_params(spec.kind) == len(spec.params)
-    assert OPS.kind_name(len(rk.LOSSES)) == ""
+def _op_args(name, **prm):
+    """``(terms, params)`` of the op for a loss: its term mask and every kernel slot's value."""
+    spec = rk.get_spec(name)
+    return spec.kernel_args(spec.resolve(prm))
+
+
+def test_slot_tables_match_specs():
+    """The C++ slot table and primitive bits are the ones of specs.KERNEL_SLOTS / PRIMITIVES."""
+    assert OPS.num_slots() == len(KERNEL_SLOTS)
+    assert [OPS.slot_name(i) for i in range(OPS.num_slots())] == list(KERNEL_SLOTS)
+    assert [OPS.primitive_name(p.bit) for p in PRIMITIVES.values()] == list(PRIMITIVES)
+    assert OPS.primitive_name(len(PRIMITIVES)) == ""
 
 
 @pytest.mark.parametrize("eps_case", ["0", "1.7", "per-row"])
@@ -121,6 +128,33 @@ def test_other_parameters(name, prm, dtype, k):
     loss, grad = _run("native", logits, target, name, 0.9, **prm)
     ref_loss, ref_grad = _run("torch", logits.double(), target, name, 0.9, **prm)
     _assert_close(loss, grad, ref_loss, ref_grad, dtype)
+
+
+COMBINATIONS = {
+    "nfl+ngce+nce+agce": rk.combine({"nfl": 1.0, "ngce": 0.5, "nce": 0.3, "agce": 0.2}),
+    "nfl+ngce": rk.combine({"nfl": 0.8, "ngce": 1.7}, nfl={"gamma": 1.9}, ngce={"q": 0.25}),
+    "every-label-primitive": rk.combine({n: 0.1 * (i + 1) for i, n in enumerate(PRIMITIVES) if n != "bitemp"}),
+}
+
+
+@pytest.mark.parametrize("k", [7, 1000])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("combo", list(COMBINATIONS))
+def test_combinations_match_the_reference(combo, dtype, k):
+    """combine(...) runs on the kernels without a rebuild, several normalised forms at once
+    (their per-element gradient terms add), with a class of p = 0 (the normalised forms of ce
+    and focal are 0 there, ngce's is not), an ignored row and per-row eps."""
+    spec = COMBINATIONS[combo]
+    n = 6
+    logits, target = _inputs(n, k, dtype, seed=k + 1)
+    logits[2, (target[2] + 1) % k] = -math.inf
+    target[4] = -100
+    eps = _eps("per-row", n)
+    upstream = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    loss, grad = _run("native", logits, target, spec, eps, upstream=upstream)
+    ref_loss, ref_grad = _run("torch", logits.double(), target, spec, eps, upstream=upstream)
+    _assert_close(loss, grad, ref_loss, ref_grad, dtype)
+    assert torch.equal(grad[4], torch.zeros_like(grad[4]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -259,10 +293,10 @@ def test_gradcheck_bitemp_below_one_with_zero_probabilities():
     ],
 )
 def test_opcheck(name, reduction, dtype, eps_rows, compute_grad):
-    spec = rk.get_spec(name)
     logits, target = _inputs(5, 11, dtype)
     eps = _eps("per-row", 5).float() if eps_rows else None
-    args = (logits.requires_grad_(), target, eps, 0.8, spec.kind, list(map(float, spec.resolve({}))), -100)
+    terms, params = _op_args(name)
+    args = (logits.requires_grad_(), target, eps, 0.8, terms, params, -100)
     torch.library.opcheck(OPS.loss_forward.default, (*args, reduction, compute_grad))
 
 
@@ -286,7 +320,7 @@ def test_scale_grad_one_leaves_the_buffer_untouched_and_other_values_scale():
 
 def test_forward_only_has_no_gradient_buffer():
     logits, target = _inputs(4, 10, torch.float32)
-    loss, grad = OPS.loss_forward(logits, target, None, 0.0, 1, [2.0], -100, 1, False)
+    loss, grad = OPS.loss_forward(logits, target, None, 0.0, *_op_args("mae"), -100, 1, False)
     assert grad.numel() == 0
     with torch.no_grad():
         x = logits.clone().requires_grad_()
@@ -426,13 +460,16 @@ def test_backend_contract():
 
 # ---- bad input -------------------------------------------------------------------------------------
 
+_GCE_TERMS, _GCE_PARAMS = _op_args("gce")
+_BITEMP_TERMS, _BITEMP_PARAMS = _op_args("bitemp")
+_ITERS = KERNEL_SLOTS.index("bitemp_num_iters")
 _GOOD = dict(
     logits=torch.zeros(3, 4),
     target=torch.zeros(3, dtype=torch.long),
     epsilon_rows=None,
     epsilon=0.0,
-    kind=2,
-    params=[0.7],
+    terms=_GCE_TERMS,
+    params=_GCE_PARAMS,
     ignore_index=-100,
     reduction=1,
     compute_grad=True,
@@ -449,11 +486,21 @@ _GOOD = dict(
         ({"target": torch.zeros(3)}, "target must be int64 or int32"),
         ({"epsilon_rows": torch.zeros(2)}, "epsilon_rows must be 1-D"),
         ({"epsilon_rows": torch.zeros(3, dtype=torch.float16)}, "epsilon_rows must be float32 or float64"),
-        ({"kind": 16}, "kind must be a loss kind"),
-        ({"kind": -1}, "kind must be a loss kind"),
-        ({"params": []}, "params: loss 'gce'"),
-        ({"kind": 15, "params": [0.5, 1.2, 2.5]}, "num_iters must be an integer"),
-        ({"kind": 15, "params": [0.5, 1.2, 0.0]}, "num_iters must be an integer"),
+        ({"terms": 0}, "terms must be a non-zero bit mask of primitives"),
+        ({"terms": -1}, "terms must be a non-zero bit mask of primitives"),
+        ({"terms": 1 << len(PRIMITIVES)}, "terms must be a non-zero bit mask of primitives"),
+        ({"terms": _BITEMP_TERMS | 1}, "terms: bitemp .* cannot be combined"),
+        ({"params": []}, f"params must hold the {len(KERNEL_SLOTS)} slot values"),
+        ({"params": [0.7]}, f"params must hold the {len(KERNEL_SLOTS)} slot values"),
+        ({"params": _GCE_PARAMS + [0.0]}, f"params must hold the {len(KERNEL_SLOTS)} slot values"),
+        (
+            {"terms": _BITEMP_TERMS, "params": [*_BITEMP_PARAMS[:_ITERS], 2.5, *_BITEMP_PARAMS[_ITERS + 1 :]]},
+            "bitemp_num_iters must be an integer",
+        ),
+        (
+            {"terms": _BITEMP_TERMS, "params": [*_BITEMP_PARAMS[:_ITERS], 0.0, *_BITEMP_PARAMS[_ITERS + 1 :]]},
+            "bitemp_num_iters must be an integer",
+        ),
         ({"reduction": 3}, "reduction must be"),
     ],
 )
@@ -532,7 +579,7 @@ def test_cuda_scale_grad_and_opcheck():
     OPS.scale_grad_(grad, torch.tensor(0.5, device="cuda"))
     assert torch.equal(grad, 0.5 * before)
     logits, target = _inputs(5, 300, torch.float32)
-    args = (logits.cuda().requires_grad_(), target.cuda(), None, 0.8, 2, [0.7], -100, 1, True)
+    args = (logits.cuda().requires_grad_(), target.cuda(), None, 0.8, *_op_args("gce"), -100, 1, True)
     torch.library.opcheck(OPS.loss_forward.default, args)
 
 

@@ -32,7 +32,8 @@ struct CpuRow {
   scalar_t* grad;
   T max_value;                  // max_j a_j, taken by copy_biased_row while it wrote a
   mutable T others_sum = T(0);  // sum_{j != y} e_j, taken by remember() while it wrote e
-  T* aux = nullptr;             // h_j of the NFL family (focal_sums below)
+  T* aux_h = nullptr;           // h_j of nfl (elementwise_sums below)
+  T* aux_pq = nullptr;          // p_j^q of ngce (elementwise_sums below)
 
   // Answered from the copy pass and the remember pass: no extra pass over the row.
   T max_of(Identity) const { return max_value; }
@@ -136,56 +137,88 @@ struct CpuRow {
   }
 };
 
-// NFL family in two passes instead of recomputing the focal terms in each (loss_math.h's
-// defaults): one pass forms w_j = (1 - p_j)^gamma, focal_j and h_j once, with p_j = e_j / s from
-// the remembered e_j = exp(a_j - m), and keeps h_j; the gradient pass is then arithmetic only.
-template <class T, class S>
-void focal_sums(CpuRow<T, S>& row, T m, T log_s, T gamma, T& focal_sum, T& h_sum) {
+// The elementwise normalised forms (nfl, ngce) in two passes instead of recomputing their terms
+// in each (loss_math.h's defaults): one pass forms, per element, w_j = (1 - p_j)^gamma, focal_j
+// and h_j, and 1 - p_j^q and p_j^q, once, with p_j = e_j / s from the remembered
+// e_j = exp(a_j - m), and keeps h_j and p_j^q; the gradient pass is then arithmetic only.
+template <unsigned kV, class T, class S>
+void elementwise_sums(Variant<kV>, CpuRow<T, S>& row, T m, T log_s, const T* prm, RowStats<T>& st) {
   using Vec = Vectorized<T>;
   constexpr int64_t kLanes = Vec::size();
+  constexpr bool kFocal = (kV & (1u << kNFL)) != 0;
+  constexpr bool kPow = (kV & (1u << kNGCE)) != 0;
   const T inv_s = std::exp(-log_s);
-  auto terms = [m, log_s, inv_s, gamma](auto a, auto e, auto& focal) {
+  const T gamma = prm[kSlot_nfl_gamma], q = prm[kSlot_ngce_q];
+  // focal_j, h_j, 1 - p_j^q and p_j^q of one vector or one element (those of the variant).
+  auto terms = [m, log_s, inv_s, gamma, q](auto a, auto e, auto& focal, auto& h, auto& one_minus_pq, auto& pq) {
     using V = decltype(a);
     const V lp = (a - V(m)) - V(log_s);  // as in loss_math.h: never a - (m + log s)
-    const V w = focal_weight(lp, gamma);
-    focal = V(T(0)) - w * lp;
-    return focal_h_from(lp, e * V(inv_s), w, gamma);
+    if constexpr (kFocal) {
+      const V w = focal_weight(lp, gamma);
+      focal = V(T(0)) - w * lp;
+      h = focal_h_from(lp, e * V(inv_s), w, gamma);
+    }
+    if constexpr (kPow) one_minus_pq = one_minus_pow(lp, q, pq);
   };
-  Vec acc_focal(T(0)), acc_h(T(0));
+  Vec acc_focal(T(0)), acc_h(T(0)), acc_omp(T(0)), acc_pq(T(0));
   int64_t j = 0;
   for (; j + kLanes <= row.K; j += kLanes) {
-    Vec focal;
-    const Vec h = terms(Vec::loadu(row.a + j), Vec::loadu(row.cache + j), focal);
-    h.store(row.aux + j);
-    acc_focal = acc_focal + focal;
-    acc_h = acc_h + h;
+    Vec focal, h, omp, pq;
+    terms(Vec::loadu(row.a + j), Vec::loadu(row.cache + j), focal, h, omp, pq);
+    if constexpr (kFocal) {
+      h.store(row.aux_h + j);
+      acc_focal = acc_focal + focal;
+      acc_h = acc_h + h;
+    }
+    if constexpr (kPow) {
+      pq.store(row.aux_pq + j);
+      acc_omp = acc_omp + omp;
+      acc_pq = acc_pq + pq;
+    }
   }
-  T lanes_f[kLanes], lanes_h[kLanes];
-  acc_focal.store(lanes_f);
-  acc_h.store(lanes_h);
-  focal_sum = T(0);
-  h_sum = T(0);
-  for (int64_t i = 0; i < kLanes; ++i) focal_sum += lanes_f[i], h_sum += lanes_h[i];
+  auto total = [](const Vec& acc) {
+    T lanes[kLanes];
+    acc.store(lanes);
+    T sum = T(0);
+    for (int64_t i = 0; i < kLanes; ++i) sum += lanes[i];
+    return sum;
+  };
+  T focal_sum = total(acc_focal), h_sum = total(acc_h), omp_sum = total(acc_omp), pq_sum = total(acc_pq);
   for (; j < row.K; ++j) {
-    T focal;
-    row.aux[j] = terms(row.a[j], row.cache[j], focal);
-    focal_sum += focal;
-    h_sum += row.aux[j];
+    T focal = T(0), h = T(0), omp = T(0), pq = T(0);
+    terms(row.a[j], row.cache[j], focal, h, omp, pq);
+    if constexpr (kFocal) row.aux_h[j] = h;
+    if constexpr (kPow) row.aux_pq[j] = pq;
+    focal_sum += focal, h_sum += h, omp_sum += omp, pq_sum += pq;
   }
+  if constexpr (kFocal) st.focal = {focal_sum, h_sum};
+  if constexpr (kPow) st.gce = {omp_sum / q, pq_sum};
 }
 
-template <class T, class S>
-void write_focal_grad(CpuRow<T, S>& row, T m, T log_s, T gamma, T c_p, T c_1, T c_h, T g_y) {
+template <unsigned kV, class T, class S>
+void write_elementwise_grad(Variant<kV>, CpuRow<T, S>& row, T /*m*/, T log_s, const T* /*prm*/,
+                            const GradCoeffs<T>& g, T g_y) {
   using Vec = Vectorized<T>;
   constexpr int64_t kLanes = Vec::size();
-  const T c_e = c_p * std::exp(-log_s);  // p_j = e_j / s
+  constexpr bool kFocal = (kV & (1u << kNFL)) != 0;
+  constexpr bool kPow = (kV & (1u << kNGCE)) != 0;
+  const T c_e = g.p * std::exp(-log_s);  // p_j = e_j / s
+  // grad_j formed in place over one of the kept buffers, then written out with the label lane.
+  T* out = kFocal ? row.aux_h : row.aux_pq;
   int64_t j = 0;
   for (; j + kLanes <= row.K; j += kLanes) {
-    const Vec g = Vec::loadu(row.cache + j) * Vec(c_e) + Vec(c_1) + Vec(c_h) * Vec::loadu(row.aux + j);
-    g.store(row.aux + j);
+    Vec v = Vec::loadu(row.cache + j) * Vec(c_e) + Vec(g.one);
+    if constexpr (kFocal) v = v + Vec(g.h) * Vec::loadu(row.aux_h + j);
+    if constexpr (kPow) v = v + Vec(g.pq) * Vec::loadu(row.aux_pq + j);
+    v.store(out + j);
   }
-  for (; j < row.K; ++j) row.aux[j] = row.cache[j] * c_e + c_1 + c_h * row.aux[j];
-  row.write_range(Identity{}, row.aux, g_y);
+  for (; j < row.K; ++j) {
+    T v = row.cache[j] * c_e + g.one;
+    if constexpr (kFocal) v += g.h * row.aux_h[j];
+    if constexpr (kPow) v += g.pq * row.aux_pq[j];
+    out[j] = v;
+  }
+  row.write_range(Identity{}, out, g_y);
 }
 
 // a_j = z_j + bias [j == y] into `out` in the compute type; returns max_j a_j (NaN if the row
@@ -222,9 +255,9 @@ T copy_biased_row(const scalar_t* z, int64_t K, int64_t y, T bias, T* out) {
   }
 }
 
-template <class scalar_t, class label_t>
+template <unsigned kV, class scalar_t, class label_t>
 void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::Tensor* eps_rows, double epsilon,
-                  int kind, c10::ArrayRef<double> params, int64_t ignore_index, at::opmath_type<scalar_t> scale,
+                  unsigned mask, c10::ArrayRef<double> params, int64_t ignore_index, at::opmath_type<scalar_t> scale,
                   at::Tensor& rows, scalar_t* grad) {
   using T = at::opmath_type<scalar_t>;
   const int64_t N = logits.size(0), K = logits.size(1);
@@ -233,13 +266,15 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
   const label_t* labels = target.const_data_ptr<label_t>();
   const int64_t label_stride = target.stride(0);
   const T* eps = eps_rows ? eps_rows->const_data_ptr<T>() : nullptr;
-  T prm[kParamSlots];
-  load_params(kind, params.data(), prm);
+  T prm[kNumSlots];
+  load_slots(params.data(), prm);
   T* out = rows.mutable_data_ptr<T>();
   const T nan = std::numeric_limits<T>::quiet_NaN();
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer(3 * K);  // the row, the values of remember(), the NFL family's h_j
+    // The row, the values of remember(), and h_j and p_j^q of the elementwise normalised forms.
+    constexpr int64_t kBuffers = 2 + ((kV & (1u << kNFL)) != 0) + ((kV & (1u << kNGCE)) != 0);
+    std::vector<T> buffer(kBuffers * K);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t label = static_cast<int64_t>(labels[i * label_stride]);
       scalar_t* grad_row = grad ? grad + i * K : nullptr;
@@ -254,17 +289,19 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
       const T bias = eps ? eps[i] : static_cast<T>(epsilon);
       const T row_max = copy_biased_row<T>(z + i * row_stride, K, label, bias, buffer.data());
       CpuRow<T, scalar_t> row{buffer.data(), buffer.data() + K, K, label, grad_row, row_max};
-      row.aux = buffer.data() + 2 * K;
-      out[i] = row_forward<T>(row, kind, prm, buffer[label], grad_row != nullptr, scale);
+      if constexpr ((kV & (1u << kNFL)) != 0) row.aux_h = buffer.data() + 2 * K;
+      if constexpr ((kV & (1u << kNGCE)) != 0) row.aux_pq = buffer.data() + (kBuffers - 1) * K;
+      out[i] = row_forward<T, kV>(row, mask, prm, buffer[label], grad_row != nullptr, scale);
     }
   });
 }
 
 std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& logits_in, const at::Tensor& target,
                                                     const std::optional<at::Tensor>& epsilon_rows, double epsilon,
-                                                    int64_t kind, c10::ArrayRef<double> params, int64_t ignore_index,
+                                                    int64_t terms, c10::ArrayRef<double> params, int64_t ignore_index,
                                                     int64_t reduction, bool compute_grad) {
-  check_forward_inputs(logits_in, target, epsilon_rows, kind, params, reduction);
+  check_forward_inputs(logits_in, target, epsilon_rows, terms, params, reduction);
+  const auto mask = static_cast<unsigned>(terms);
   const at::Tensor logits = rows_unit_stride(logits_in);
   const int64_t N = logits.size(0), K = logits.size(1);
   const auto acc_dtype = loss_dtype(logits.scalar_type());
@@ -288,13 +325,16 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& logits_in,
     const T scale = reduction == kMean ? T(1) / static_cast<T>(count) : T(1);
     scalar_t* grad_ptr = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
     const at::Tensor* eps_ptr = eps.defined() ? &eps : nullptr;
-    if (target.scalar_type() == at::kLong) {
-      forward_rows<scalar_t, int64_t>(logits, target, eps_ptr, epsilon, kind, params, ignore_index, scale, rows,
-                                      grad_ptr);
-    } else {
-      forward_rows<scalar_t, int32_t>(logits, target, eps_ptr, epsilon, kind, params, ignore_index, scale, rows,
-                                      grad_ptr);
-    }
+    dispatch_variant(mask, [&](auto variant) {
+      constexpr unsigned kV = decltype(variant)::value;
+      if (target.scalar_type() == at::kLong) {
+        forward_rows<kV, scalar_t, int64_t>(logits, target, eps_ptr, epsilon, mask, params, ignore_index, scale, rows,
+                                            grad_ptr);
+      } else {
+        forward_rows<kV, scalar_t, int32_t>(logits, target, eps_ptr, epsilon, mask, params, ignore_index, scale, rows,
+                                            grad_ptr);
+      }
+    });
   });
 
   if (reduction == kNone) return {rows, grad};

@@ -1,4 +1,4 @@
-// Host side of the CUDA ops: validation, outputs, the dtype and loss-family dispatch, and the
+// Host side of the CUDA ops: validation, outputs, the dtype and kernel-variant dispatch, and the
 // gradient rescale. The row kernels are in row_kernels.cuh, compiled in rows_<dtype>.cu.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -24,13 +24,14 @@ namespace rk {
 namespace {
 
 using cuda_rows::KernelArgs;
-using cuda_rows::launch_family;
+using cuda_rows::launch_variant;
 
 std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& logits_in, const at::Tensor& target,
                                                      const std::optional<at::Tensor>& epsilon_rows, double epsilon,
-                                                     int64_t kind, c10::ArrayRef<double> params, int64_t ignore_index,
+                                                     int64_t terms, c10::ArrayRef<double> params, int64_t ignore_index,
                                                      int64_t reduction, bool compute_grad) {
-  check_forward_inputs(logits_in, target, epsilon_rows, kind, params, reduction);
+  check_forward_inputs(logits_in, target, epsilon_rows, terms, params, reduction);
+  const auto mask = static_cast<unsigned>(terms);
   const at::cuda::OptionalCUDAGuard guard(logits_in.device());
   const at::Tensor logits = rows_unit_stride(logits_in);
   const int64_t N = logits.size(0), K = logits.size(1);
@@ -62,17 +63,13 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& logits_in
     args.eps_rows = eps.defined() ? eps.const_data_ptr<T>() : nullptr;
     args.eps_stride = eps.defined() ? eps.stride(0) : 0;
     args.eps = static_cast<T>(epsilon);
-    load_params(static_cast<int>(kind), params.data(), args.prm);
-    args.kind = static_cast<int>(kind);
+    load_slots(params.data(), args.prm);
+    args.mask = mask;
     args.ignore_index = ignore_index;
     args.count = count.defined() ? count.const_data_ptr<int64_t>() : nullptr;
     args.rows_out = rows.mutable_data_ptr<T>();
     args.grad = compute_grad ? grad.mutable_data_ptr() : nullptr;
-    switch (family_of(static_cast<int>(kind))) {
-      case kLabelFamily: launch_family<scalar_t, kLabelFamily>(args, stream); break;
-      case kFocalFamily: launch_family<scalar_t, kFocalFamily>(args, stream); break;
-      case kBiTempFamily: launch_family<scalar_t, kBiTempFamily>(args, stream); break;
-    }
+    dispatch_variant(mask, [&](auto variant) { launch_variant<scalar_t, decltype(variant)::value>(args, stream); });
   });
 
   if (reduction == kNone) return {rows, grad};

@@ -64,8 +64,8 @@ struct KernelArgs {
   const T* eps_rows;  // nullptr: scalar eps
   int64_t eps_stride;
   T eps;
-  T prm[kParamSlots];  // load_params
-  int kind;
+  T prm[kNumSlots];  // load_slots
+  unsigned mask;     // the primitives of the loss
   int64_t ignore_index;
   const int64_t* count;  // rows counted by the mean (device scalar); nullptr: no scaling
   T* rows_out;
@@ -208,16 +208,7 @@ struct WarpRow : RecomputingRow<WarpRow<T, scalar_t, ELEMS>, T> {
   }
 };
 
-template <class T, int FAMILY, class Row>
-__device__ __forceinline__ T run_family(Row& row, const KernelArgs<T>& args, T a_y, bool need_grad, T scale) {
-  if constexpr (FAMILY == kBiTempFamily) {
-    return bitemp_row(row, args.prm, a_y, need_grad, scale);
-  } else {
-    return label_row<T, FAMILY == kFocalFamily>(row, args.kind, args.prm, a_y, need_grad, scale);
-  }
-}
-
-template <class scalar_t, int ELEMS, int FAMILY>
+template <class scalar_t, int ELEMS, unsigned VARIANT>
 __global__ void __launch_bounds__(kWarp* kWarpsPerBlock)
     warp_row_kernel(const KernelArgs<at::opmath_type<scalar_t>> args) {
   using T = at::opmath_type<scalar_t>;
@@ -246,7 +237,7 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock)
   r.vec_store = K % WarpRow<T, scalar_t, ELEMS>::VEC == 0;  // fresh buffer: rows 16-byte aligned then
   r.load(z, eps);
   const T a_y = static_cast<T>(z[label]) + eps;  // the same value the owning lane holds
-  const T loss = run_family<T, FAMILY>(r, args, a_y, grad != nullptr, grad_scale(args));
+  const T loss = row_forward<T, VARIANT>(r, args.mask, args.prm, a_y, grad != nullptr, grad_scale(args));
   if (lane == 0) args.rows_out[row] = loss;
 }
 
@@ -311,7 +302,7 @@ struct BlockRow : RecomputingRow<BlockRow<T, scalar_t>, T> {
   }
 };
 
-template <class scalar_t, int FAMILY>
+template <class scalar_t, unsigned VARIANT>
 __global__ void __launch_bounds__(kBlockRowThreads) block_row_kernel(const KernelArgs<at::opmath_type<scalar_t>> args) {
   using T = at::opmath_type<scalar_t>;
   __shared__ T shared[kBlockRowThreads / kWarp];
@@ -330,15 +321,15 @@ __global__ void __launch_bounds__(kBlockRowThreads) block_row_kernel(const Kerne
   const scalar_t* z = static_cast<const scalar_t*>(args.logits) + row * args.row_stride;
   const T eps = row_eps(args, row);
   BlockRow<T, scalar_t> r{{}, z, K, label, eps, grad, shared};
-  const T loss = run_family<T, FAMILY>(r, args, r.at(label), grad != nullptr, grad_scale(args));
+  const T loss = row_forward<T, VARIANT>(r, args.mask, args.prm, r.at(label), grad != nullptr, grad_scale(args));
   if (threadIdx.x == 0) args.rows_out[row] = loss;
 }
 
 // ---- launch --------------------------------------------------------------------------------------
 
 // Instantiated once per dtype in rows_<dtype>.cu (RK_ROW_KERNELS below), declared extern elsewhere.
-template <class scalar_t, int FAMILY>
-void launch_family(const KernelArgs<at::opmath_type<scalar_t>>& args, cudaStream_t stream) {
+template <class scalar_t, unsigned VARIANT>
+void launch_variant(const KernelArgs<at::opmath_type<scalar_t>>& args, cudaStream_t stream) {
   const int64_t K = args.K;
   // One block per row (K > 1024) or per kWarpsPerBlock rows: grid.x is limited to 2^31 - 1, and a
   // silent truncation of the cast below would leave rows unwritten.
@@ -346,16 +337,16 @@ void launch_family(const KernelArgs<at::opmath_type<scalar_t>>& args, cudaStream
   TORCH_CHECK(grid <= std::numeric_limits<int32_t>::max(), "robustkernels: logits has too many rows (", args.N,
               ") for one launch; split the batch");
   if (K > kMaxWarpRow) {
-    block_row_kernel<scalar_t, FAMILY><<<static_cast<unsigned>(args.N), kBlockRowThreads, 0, stream>>>(args);
+    block_row_kernel<scalar_t, VARIANT><<<static_cast<unsigned>(args.N), kBlockRowThreads, 0, stream>>>(args);
   } else {
     const unsigned blocks = static_cast<unsigned>((args.N + kWarpsPerBlock - 1) / kWarpsPerBlock);
     const int threads = kWarp * kWarpsPerBlock;
     if (K <= 256) {
-      warp_row_kernel<scalar_t, 8, FAMILY><<<blocks, threads, 0, stream>>>(args);
+      warp_row_kernel<scalar_t, 8, VARIANT><<<blocks, threads, 0, stream>>>(args);
     } else if (K <= 512) {
-      warp_row_kernel<scalar_t, 16, FAMILY><<<blocks, threads, 0, stream>>>(args);
+      warp_row_kernel<scalar_t, 16, VARIANT><<<blocks, threads, 0, stream>>>(args);
     } else {
-      warp_row_kernel<scalar_t, 32, FAMILY><<<blocks, threads, 0, stream>>>(args);
+      warp_row_kernel<scalar_t, 32, VARIANT><<<blocks, threads, 0, stream>>>(args);
     }
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -364,12 +355,10 @@ void launch_family(const KernelArgs<at::opmath_type<scalar_t>>& args, cudaStream
 }  // namespace cuda_rows
 }  // namespace rk
 
-// The three family launchers of one logits dtype: `RK_ROW_KERNELS(, float)` instantiates them,
-// `RK_ROW_KERNELS(extern, float)` declares that another translation unit does.
-#define RK_ROW_KERNEL_FAMILY(PREFIX, scalar_t, FAMILY) \
-  PREFIX template void rk::cuda_rows::launch_family<scalar_t, FAMILY>( \
+// The launchers of one logits dtype, one per kernel variant (loss_math.h's row_variant):
+// `RK_ROW_KERNELS(, float)` instantiates them, `RK_ROW_KERNELS(extern, float)` declares that
+// another translation unit does.
+#define RK_ROW_KERNEL_VARIANT(VARIANT, PREFIX, scalar_t)              \
+  PREFIX template void rk::cuda_rows::launch_variant<scalar_t, VARIANT>( \
       const rk::cuda_rows::KernelArgs<at::opmath_type<scalar_t>>&, cudaStream_t);
-#define RK_ROW_KERNELS(PREFIX, scalar_t)                            \
-  RK_ROW_KERNEL_FAMILY(PREFIX, scalar_t, rk::kLabelFamily)         \
-  RK_ROW_KERNEL_FAMILY(PREFIX, scalar_t, rk::kFocalFamily)         \
-  RK_ROW_KERNEL_FAMILY(PREFIX, scalar_t, rk::kBiTempFamily)
+#define RK_ROW_KERNELS(PREFIX, scalar_t) RK_FOR_EACH_VARIANT(RK_ROW_KERNEL_VARIANT, PREFIX, scalar_t)

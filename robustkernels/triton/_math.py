@@ -121,12 +121,34 @@ def log_over_one_minus(logp, one_minus_p):
 
 
 @triton.jit
+def as_tensor_of(x, like):
+    """The runtime scalar ``x`` on a tensor of ``like``'s shape and dtype.
+
+    A runtime float argument is an fp32 scalar, and arithmetic on scalars alone stays fp32:
+    compiled, the parameters themselves are fp32; interpreted, they arrive as Python doubles, but
+    every value assigned to a name becomes a Triton scalar, fp32 for a float (``c = 1 - t`` of
+    t = 1.2 is off by 1.5e-8 relative). Parameter expressions such as ``q - 1`` are therefore formed
+    on a tensor of the compute dtype, where fp64 rows keep them in fp64, and a bare parameter is
+    never assigned to a name before it meets such a tensor.
+    """
+    return zeros_like(like) + x
+
+
+@triton.jit
+def expm1_over(x, c):
+    """``expm1(c x) / c``, and its limit ``x`` at ``c = 0`` (``log_t`` and its relatives), for a
+    tensor ``c`` (see :func:`as_tensor_of`)."""
+    is_zero = c == 0.0
+    return tl.where(is_zero, x, expm1(c * x) / tl.where(is_zero, 1.0, c))
+
+
+@triton.jit
 def log_exp_t(u, t):
     """``log exp_t(u) = log([1 + (1 - t) u]_+) / (1 - t)``; ``u`` at ``t = 1``; ``-inf`` off the support."""
     # log1p, not log(1 + (1 - t) u): for t near 1 the sum rounds at ulp(1), which keeps only
     # ulp(1) / ((1 - t) u) of the tempering (and as p -> 1, u -> 0 it rounds log p to 0).
     # Clamping the argument at -1 gives log1p(-1) = -inf off the support.
-    one_minus_t = 1.0 - t
+    one_minus_t = 1.0 - as_tensor_of(t, u)
     is_one = one_minus_t == 0.0
     tempered = log1p(tl.maximum(one_minus_t * u, -1.0)) / tl.where(is_one, 1.0, one_minus_t)
     return tl.where(is_one, u, tempered)
@@ -135,11 +157,7 @@ def log_exp_t(u, t):
 @triton.jit
 def neg_log_t_of_reciprocal(z, t):
     """``-log_t(1 / z) = -expm1(-(1 - t) log z) / (1 - t)`` (``log z`` at ``t = 1``), ``z > 0``."""
-    one_minus_t = 1.0 - t
-    is_one = one_minus_t == 0.0
-    log_z = tl.log(z)
-    tempered = -expm1(-one_minus_t * log_z) / tl.where(is_one, 1.0, one_minus_t)
-    return tl.where(is_one, log_z, tempered)
+    return expm1_over(tl.log(z), as_tensor_of(t, z) - 1.0)
 
 
 @triton.jit

@@ -94,7 +94,8 @@ def robust_loss(
     eps_rows = epsilon if isinstance(epsilon, Tensor) else None
     # No float() of a float: see robustkernels.native (traced values under dynamic=True).
     eps = 0.0 if eps_rows is not None else epsilon
-    args = (logits, target, eps_rows, eps, spec.kind, runtime_floats(params), ignore_index, reduction)
+    terms, slots = spec.kernel_args(params)
+    args = (logits, target, eps_rows, eps, terms, runtime_floats(slots), ignore_index, reduction)
     needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (eps_rows is not None and eps_rows.requires_grad))
     if needs_grad:
         return op.fused_loss_with_grad(*args)[0]

@@ -5,16 +5,19 @@ GPU timings (none have been measured yet; ``benchmarks.run --device cuda`` is th
 
 * **Single pass** while the padded row ``BLOCK_K = next_pow2(K)`` fits ``MAX_SINGLE_PASS_BLOCK``
   elements: a row tile lives in registers as fp32 (fp64 for fp64 input) whatever the input dtype,
-  and the kernels keep 3-4 tiles alive (logits, exponentials, gradient; NFL adds ``h``). At 8192
-  elements and 16 warps that is 16 values per thread per tile; ptxas for sm_90 reports 53-104
-  registers per thread (ce, nfl, bitemp; fp32 and bf16), no spills; bitemp keeps 8-40 bytes of
-  stack (bf16 K = 1000, fp32 K = 8192). fp64 tiles take two registers per value: at 4096 lanes
-  nfl spilled 280 bytes (16 warps), so the fp64 limit is 2048 lanes.
+  and every pass over the row (softmax statistics, the normalised forms' sums, the gradient) reads
+  that tile. At 8192 elements and 16 warps that is 16 values per thread per tile; ptxas for sm_90
+  reports 40-116 registers per thread for ce, nfl, bitemp and the mask of every softmax primitive
+  at once (fp32 and bf16, K in {1000, 8192, 262144}), no spills; bitemp keeps a 24-byte stack at
+  fp32 K = 8192. fp64 tiles take two registers per value: at 4096 lanes nfl spills (40-48 bytes,
+  16 warps), so the fp64 limit is 2048 lanes (122-227 registers there, no spills).
 * **Several rows per program** for small ``K``: a program handles ``ROWS`` rows so that a tile holds
   about ``TARGET_TILE`` elements (at K = 7 one row of 8 lanes would leave most of a warp idle).
-  ``ROWS`` never exceeds the (power-of-two padded) number of rows. fp64 caps ``ROWS`` at 16: the
-  per-row math (series for expm1, bisection) in fp64 spilled registers at 128 rows (ptxas for
-  sm_90, measured by compiling, not by running).
+  ``ROWS`` never exceeds the (power-of-two padded) number of rows. fp64 caps ``ROWS`` at 8: the
+  per-row math (series for expm1, bisection, several primitives' terms) in fp64 spilled registers
+  at 128 rows, and at 16 rows for nfl + agce / aul (64-80 bytes; none at 8, where only a mask of
+  every softmax primitive at once still spills, 136 bytes; ptxas for sm_90, measured by compiling,
+  not by running).
 * **Warps** so that each thread holds ~8 elements of a tile: for bf16 that is one 16-byte vector
   load per thread per row, for K = 1000 (two rows of 1024 lanes) 8 warps.
 * **Blocked** (column-tiled, two or more passes) beyond the single-pass limit, one row per program
@@ -36,7 +39,7 @@ BLOCKED_BLOCK = 4096
 BLOCKED_BLOCK_FP64 = 2048
 TARGET_TILE = 2048
 MAX_ROWS = 128
-MAX_ROWS_FP64 = 16
+MAX_ROWS_FP64 = 8
 ELEMENTS_PER_THREAD = 8
 MAX_WARPS = 16
 

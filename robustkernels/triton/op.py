@@ -2,7 +2,7 @@
 
 Two ops in the ``robustkernels_triton`` namespace:
 
-``fused_loss(logits, target, eps_rows, eps, kind, params, ignore_index, reduction) -> loss``
+``fused_loss(logits, target, eps_rows, eps, terms, params, ignore_index, reduction) -> loss``
     forward only: no gradient buffer is allocated or written.
 ``fused_loss_with_grad(...same...) -> (loss, grad)``
     the loss plus ``dL/dlogits`` (already divided by the row count for ``mean``) in a fresh buffer
@@ -11,28 +11,31 @@ Two ops in the ``robustkernels_triton`` namespace:
     ``rescale_grad_kernel``, which reads ``grad_output`` on the device (no host sync) and moves no
     gradient byte where it is 1.
 
+``terms`` is the bit mask of the primitives present and ``params`` the values of
+:data:`~robustkernels.specs.KERNEL_SLOTS`, as :meth:`~robustkernels.specs.LossSpec.kernel_args`
+returns them. The kernel specialises on the mask only; it receives every slot by its name as a
+runtime scalar, so no second table of positions or defaults exists here, and a combination built
+by :func:`~robustkernels.specs.combine` runs without a new kernel.
+
 Compiled kernels are registered with ``torch.library.triton_op`` + ``wrap_triton`` (the op body is
 then also the fake kernel, and Inductor sees the Triton call). Under ``TRITON_INTERPRET=1`` the
 kernels are interpreter objects that ``wrap_triton`` cannot trace, so the ops are plain
 ``custom_op`` with explicit fakes; ``torch.compile`` then treats them as opaque (no graph break
 either way).
-
-``params`` are the loss's hyper-parameters in spec order (:meth:`LossSpec.resolve`); the kernel
-receives them by name, so no second table of positions or defaults exists here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import Tensor
 
 from .._fused_autograd import FusedOp, register_autograd
 from ..reference import compute_dtype
-from ..specs import LOSSES, LossSpec
+from ..specs import KERNEL_SLOTS, PRIMITIVES
 from . import kernels
-from ._row_math import FOCAL_SUMS_KINDS, LOGP_SUM_KINDS
 from .launch import forward_config, rescale_config
 
 __all__ = ["INTERPRETED", "fused_loss", "fused_loss_with_grad", "REDUCTIONS"]
@@ -43,44 +46,40 @@ REDUCTIONS = ("none", "mean", "sum")
 #: True when the kernels were created under ``TRITON_INTERPRET=1`` (they then run on CPU tensors).
 INTERPRETED = type(kernels.fused_loss_kernel).__name__ == "InterpretedFunction"
 
-#: Kernel argument <- spec parameter name. Every parameter of every spec must appear here (checked
-#: below), so a new loss parameter cannot be silently dropped on its way to the kernel.
-_KERNEL_ARGS = {
-    "scale": "scale",
-    "q": "q",
-    "a": "a",
-    "gamma": "gamma",
-    "A": "rce_a",
-    "alpha": "alpha",
-    "beta": "beta",
-    "t1": "t1",
-    "t2": "t2",
-}
-_INT_KERNEL_ARGS = {"num_iters": "num_iters"}
-_SPEC_BY_KIND: dict[int, LossSpec] = {spec.kind: spec for spec in LOSSES.values()}
+#: Slots the kernel takes as integers (loop counts); every other slot is a float.
+_INT_SLOTS = frozenset(f"{prim.name}_{p.name}" for prim in PRIMITIVES.values() for p in prim.params if p.integer)
+_ALL_TERMS = (1 << len(PRIMITIVES)) - 1
+_BITEMP = 1 << PRIMITIVES["bitemp"].bit
 
-_unknown = {p.name for s in LOSSES.values() for p in s.params} - set(_KERNEL_ARGS) - set(_INT_KERNEL_ARGS)
-assert not _unknown, f"parameters {_unknown} have no kernel argument in robustkernels.triton.op"
+_KERNEL_ARGS = list(inspect.signature(kernels.fused_loss_kernel.fn).parameters)
+_FIRST_SLOT = _KERNEL_ARGS.index(KERNEL_SLOTS[0])
+assert tuple(_KERNEL_ARGS[_FIRST_SLOT : _FIRST_SLOT + len(KERNEL_SLOTS)]) == KERNEL_SLOTS, (
+    "fused_loss_kernel must take specs.KERNEL_SLOTS by name, in order"
+)
 
 #: Test hook: overrides the single-pass limit of the launch heuristic (None: the heuristic's own).
 max_single_pass_override: int | None = None
 
 
-def _kernel_params(kind: int, params: list[float]) -> dict[str, float | int]:
-    named = _SPEC_BY_KIND[kind].as_dict(tuple(params))
-    out: dict[str, float | int] = {arg: 0.0 for arg in _KERNEL_ARGS.values()}
-    out.update({arg: 1 for arg in _INT_KERNEL_ARGS.values()})
-    for name, value in named.items():
-        if name in _INT_KERNEL_ARGS:
-            out[_INT_KERNEL_ARGS[name]] = int(value)
-        else:
-            out[_KERNEL_ARGS[name]] = float(value)
-    # The differences the AUL and bi-tempered terms need where they vanish (a -> 1, t1 -> 2),
-    # formed here in double: compiled Triton receives fp32 scalars, and a = 1 + 1e-7 is
-    # 1 + 1.19e-7 in fp32, so a - 1 formed in the kernel would be 19 % too large.
-    out["a_minus_1"] = float(named["a"]) - 1.0 if "a" in named else 0.0
-    out["two_minus_t1"] = 2.0 - float(named["t1"]) if "t1" in named else 0.0
-    return out
+def _check_terms(terms: int, params: list[float]) -> None:
+    """Raise ``ValueError`` naming the argument for a mask or a slot list the kernel cannot run."""
+    if len(params) != len(KERNEL_SLOTS):
+        raise ValueError(
+            f"params must hold the {len(KERNEL_SLOTS)} values of robustkernels.specs.KERNEL_SLOTS, got {len(params)}"
+        )
+    if terms <= 0 or terms & ~_ALL_TERMS:
+        raise ValueError(
+            f"terms={terms:#x} must be a non-empty mask of the primitive bits 0..{len(PRIMITIVES) - 1} "
+            "(robustkernels.specs.term_mask)"
+        )
+    if terms & _BITEMP and terms != _BITEMP:
+        raise ValueError(f"terms={terms:#x}: bitemp has its own softmax and cannot be combined with other terms")
+
+
+def _slot_kwargs(params: list[float]) -> dict[str, float | int]:
+    """The kernel's slot arguments by name. Compiled Triton types a Python float as fp32 and an int as
+    i32: each slot keeps one type whatever its value (a weight of 0 or 1 must not recompile)."""
+    return {name: int(v) if name in _INT_SLOTS else float(v) for name, v in zip(KERNEL_SLOTS, params)}
 
 
 def _launcher(kernel):
@@ -101,7 +100,7 @@ def _forward(
     target: Tensor,
     eps_rows: Tensor | None,
     eps: float,
-    kind: int,
+    terms: int,
     params: list[float],
     ignore_index: int,
     reduction: str,
@@ -142,10 +141,8 @@ def _forward(
                 num_rows,
                 num_classes,
                 ignore_index,
-                **_kernel_params(kind, params),
-                KIND=kind,
-                LOGP_SUM=kind in LOGP_SUM_KINDS,
-                FOCAL_SUMS=kind in FOCAL_SUMS_KINDS,
+                **_slot_kwargs(params),
+                TERMS=terms,
                 EPS_PER_ROW=eps_rows is not None,
                 HAS_GRAD=with_grad,
                 HAS_INV_COUNT=with_grad and reduction == "mean",
@@ -164,7 +161,8 @@ def _forward(
     return loss, grad
 
 
-def _check_reduction(reduction: str) -> None:
+def _check_args(terms: int, params: list[float], reduction: str) -> None:
+    _check_terms(terms, params)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
@@ -174,13 +172,13 @@ def _fused_loss(
     target: Tensor,
     eps_rows: Tensor | None,
     eps: float,
-    kind: int,
+    terms: int,
     params: list[float],
     ignore_index: int,
     reduction: str,
 ) -> Tensor:
-    _check_reduction(reduction)
-    return _forward(logits, target, eps_rows, eps, kind, params, ignore_index, reduction, with_grad=False)[0]
+    _check_args(terms, params, reduction)
+    return _forward(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, with_grad=False)[0]
 
 
 def _fused_loss_with_grad(
@@ -188,13 +186,13 @@ def _fused_loss_with_grad(
     target: Tensor,
     eps_rows: Tensor | None,
     eps: float,
-    kind: int,
+    terms: int,
     params: list[float],
     ignore_index: int,
     reduction: str,
 ) -> tuple[Tensor, Tensor]:
-    _check_reduction(reduction)
-    return _forward(logits, target, eps_rows, eps, kind, params, ignore_index, reduction, with_grad=True)
+    _check_args(terms, params, reduction)
+    return _forward(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, with_grad=True)
 
 
 def _rescale_in_place(grad: Tensor, grad_output: Tensor) -> None:
@@ -233,11 +231,13 @@ if INTERPRETED:
         return (logits.shape[0],) if reduction == "none" else ()
 
     @fused_loss.register_fake
-    def _(logits, target, eps_rows, eps, kind, params, ignore_index, reduction):
+    def _(logits, target, eps_rows, eps, terms, params, ignore_index, reduction):
+        _check_args(terms, params, reduction)
         return logits.new_empty(_loss_shape(logits, reduction), dtype=compute_dtype(logits.dtype))
 
     @fused_loss_with_grad.register_fake
-    def _(logits, target, eps_rows, eps, kind, params, ignore_index, reduction):
+    def _(logits, target, eps_rows, eps, terms, params, ignore_index, reduction):
+        _check_args(terms, params, reduction)
         shape = _loss_shape(logits, reduction)
         cdtype = compute_dtype(logits.dtype)
         return logits.new_empty(shape, dtype=cdtype), logits.new_empty(logits.shape)
@@ -259,6 +259,6 @@ register_autograd(
         recompute=_recompute_grad,
         # Looked up at call time, so that a test can record the launches by patching the module.
         scale_in_place=lambda grad, grad_output: _rescale_in_place(grad, grad_output),
-        decode=tuple,  # (eps, kind, params, ignore_index, reduction), the reduction by name
+        decode=tuple,  # (eps, terms, slots, ignore_index, reduction), the reduction by name
     )
 )

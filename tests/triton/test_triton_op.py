@@ -13,13 +13,15 @@ from _triton_cases import assert_rows_close, make_inputs, reference_rows
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import robustkernels as rk
+from robustkernels.specs import KERNEL_SLOTS
 from robustkernels.triton import backend as triton_backend
 from robustkernels.triton import kernels, op
 
 
 def _op_args(logits, target, name, eps=0.5, eps_rows=None, reduction="mean", ignore_index=-100):
     spec = rk.LOSSES[name]
-    return (logits, target, eps_rows, eps, spec.kind, list(spec.resolve({})), ignore_index, reduction)
+    terms, slots = spec.kernel_args(spec.resolve({}))
+    return (logits, target, eps_rows, eps, terms, [float(v) for v in slots], ignore_index, reduction)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -167,14 +169,13 @@ def test_forward_only_path_allocates_no_gradient(monkeypatch):
 
 
 def test_hyper_parameters_and_eps_are_runtime_arguments():
-    """Only the loss kind, static feature flags and tile shapes are compile-time constants: a new q,
-    gamma, t2, num_iters or eps reuses the compiled kernel."""
+    """Only the term mask, static feature flags and tile shapes are compile-time constants: a new
+    weight, q, gamma, t2, num_iters or eps reuses the compiled kernel, and every slot of the table
+    is a kernel argument of its own name."""
     fn = kernels.fused_loss_kernel.fn
     constexprs = {name for name, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
     assert constexprs == {
-        "KIND",
-        "LOGP_SUM",
-        "FOCAL_SUMS",
+        "TERMS",
         "EPS_PER_ROW",
         "HAS_GRAD",
         "HAS_INV_COUNT",
@@ -183,17 +184,41 @@ def test_hyper_parameters_and_eps_are_runtime_arguments():
         "BLOCK_K",
         "SINGLE_PASS",
     }
-    runtime = {"eps_scalar", "scale", "q", "a", "gamma", "rce_a", "alpha", "beta", "t1", "t2", "num_iters"}
-    assert runtime <= set(inspect.signature(fn).parameters)
+    assert {"eps_scalar", *KERNEL_SLOTS} <= set(inspect.signature(fn).parameters)
 
 
 def test_every_spec_parameter_reaches_the_kernel():
-    for spec in rk.LOSSES.values():
-        values = [0.25 + i for i in range(len(spec.params))]
-        named = op._kernel_params(spec.kind, values)
-        for p, v in zip(spec.params, values):
-            arg = op._KERNEL_ARGS.get(p.name) or op._INT_KERNEL_ARGS[p.name]
-            assert named[arg] == (int(v) if p.integer else v), (spec.name, p.name)
+    """Each term's weight and parameters land in the kernel argument of its slot's name, integers as
+    ints (a loop count) and everything else as floats (one compiled signature whatever the value)."""
+    specs = [*rk.LOSSES.values(), rk.combine({"nfl": 1.0, "ngce": 0.5, "nce": 0.3, "agce": 0.2})]
+    for spec in specs:
+        values = [1.0 + i if p.integer else 0.25 + i for i, p in enumerate(spec.params)]
+        terms, slots = spec.kernel_args(values)
+        named = op._slot_kwargs(slots)
+        assert list(named) == list(KERNEL_SLOTS)
+        for term in spec.bind(values):
+            prim = term.primitive.name
+            assert named[f"{prim}_weight"] == term.weight, (spec.name, prim)
+            for p in term.primitive.params:
+                got = named[f"{prim}_{p.name}"]
+                assert got == term.params[p.name] and isinstance(got, int) == p.integer, (spec.name, prim, p.name)
+        assert all(type(v) is float for k, v in named.items() if k not in op._INT_SLOTS)
+
+
+def test_op_rejects_a_mask_or_slot_table_the_kernel_cannot_run():
+    logits, target = make_inputs(2, 5, torch.float32)
+    terms, slots = rk.LOSSES["nce_agce"].kernel_args(rk.LOSSES["nce_agce"].resolve({}))
+    bitemp = 1 << rk.PRIMITIVES["bitemp"].bit
+    cases = [
+        (terms, slots[:-1], "params must hold the 30 values"),
+        (terms | 1 << len(rk.PRIMITIVES), slots, "terms=0x"),
+        (0, slots, "terms=0x0 must be a non-empty mask"),
+        (bitemp | 1, slots, "bitemp has its own softmax"),
+    ]
+    for bad_terms, bad_slots, message in cases:
+        for fn in (op.fused_loss, op.fused_loss_with_grad):
+            with pytest.raises(ValueError, match=message):
+                fn(logits, target, None, 0.0, bad_terms, [float(v) for v in bad_slots], -100, "mean")
 
 
 def test_unavailable_reasons():
@@ -247,10 +272,10 @@ def test_interpreter_works_when_triton_was_imported_first():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
 
 
-def test_vanishing_differences_are_formed_on_the_host_in_double():
+def test_vanishing_differences_reach_the_kernel_formed_in_double():
     """Compiled Triton receives fp32 scalars; a - 1 (aul) and 2 - t1 (bitemp) formed from the
     rounded parameters would keep only its rounding error near a = 1 and t1 = 2."""
-    aul = op._kernel_params(rk.LOSSES["aul"].kind, [1.0 + 1e-7, 3.0])
-    assert aul["a_minus_1"] == (1.0 + 1e-7) - 1.0
-    bitemp = op._kernel_params(rk.LOSSES["bitemp"].kind, [2.0 - 1e-7, 1.2, 5])
-    assert bitemp["two_minus_t1"] == 2.0 - (2.0 - 1e-7)
+    aul = op._slot_kwargs(rk.LOSSES["aul"].kernel_args([1.0 + 1e-7, 3.0])[1])
+    assert aul["aul_a_minus_1"] == (1.0 + 1e-7) - 1.0
+    bitemp = op._slot_kwargs(rk.LOSSES["bitemp"].kernel_args([2.0 - 1e-7, 1.2, 5])[1])
+    assert bitemp["bitemp_two_minus_t1"] == 2.0 - (2.0 - 1e-7)
