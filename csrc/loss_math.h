@@ -273,7 +273,7 @@ struct Terms {
   // infinite (ce, focal) makes D infinite: the term is 0 with gradient 0, its limit (and N / D
   // would be inf / inf at a label with p_y = 0).
   RK_HD void normalized(T w, T N, T d_y, const BaseSums<T>& sums, T& c_elem) {
-    if (!(sums.D < infinity<T>())) return;
+    if (sums.D == infinity<T>()) return;  // D >= 0; a NaN stays NaN
     const T r = N / sums.D;
     c.loss += w * r;
     c.pm += w * d_y / sums.D;

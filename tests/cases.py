@@ -3,11 +3,14 @@
 :data:`CASES` holds, for every loss of ``rk.LOSSES``, its spec defaults and the non-default
 settings of ``independent.NON_DEFAULT_PARAMS``; the settings that take other branches of the
 kernels (bi-tempered t2 < 1 bisection, t2 = 1 softmax and t1 = t2 = 1, the focal weight at
-gamma = 0, GCE / NGCE at q = 1, q -> 0); parameters near an end of their range (aul a = 1 + 1e-7,
-agce a -> 0, bitemp t1 -> 2 and t2 -> 1); and ``rk.combine`` specs. Each case says in which
-sets the Triton interpreter runs it (:data:`TRITON`): there every call costs 0.1 s (single pass)
-to seconds (column-tiled), so it gets every loss at least once and the cases that reach code the
-defaults do not, not every setting.
+gamma = 0, GCE / NGCE at q = 1); parameters near an end of their range (aul a = 1 + 1e-7, agce
+a -> 0, GCE / NGCE q -> 0, bitemp t1 -> 2 and t2 -> 1); and ``rk.combine`` specs.
+
+A test asks for a set (:func:`cases`): "all", :data:`CORE` (every loss at its defaults, the
+branches, some range ends, the combine specs), and for the Triton interpreter, where a call costs
+0.1 s (seconds column-tiled, or for bitemp's t2 < 1 bisection), smaller ones: :data:`TRITON`
+(every loss, branches and combine specs), :data:`SMALL` and :data:`TINY` (for behaviour that does
+not depend on the loss), :data:`TILED` (its column-tiled runs).
 
 Tolerances are relative, per row (max-norm over the row for gradients), against the float64
 reference on the same quantised inputs; they are the ones tests/test_native.py and
@@ -29,6 +32,7 @@ CORE = "core"  # every loss at its defaults, the branch cases and the combine sp
 TILED = "tiled"  # the few cases that run past the single-pass limit on the Triton interpreter
 TRITON = "triton"  # the cases the Triton interpreter runs where a test covers CORE elsewhere
 SMALL = "small"  # a few cases for behaviour that does not depend on the loss (masking, autograd)
+TINY = "tiny"  # the least the Triton interpreter runs a loss-independent test on
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class Case:
         grad_rtol: gradient tolerance of fp32 math.
         loss_rtol: loss tolerance of fp32 math.
         loss_atol: absolute floor of the fp32 loss (bitemp: see :data:`BITEMP_LOSS_ATOL`).
+        slow_on_triton: seconds a call in the Triton interpreter (bitemp's t2 < 1 bisection): run
+            there by the tests of values and gradients only.
         oracle_ok: whether the NumPy oracle holds 1e-10 here: its probability-space formulas
             cancel near the ends of a parameter's range (a - p_y at a -> 1, u^(1-t) - 1 at t -> 1).
         fd_ok: whether finite differences (gradcheck) resolve the gradient.
@@ -58,6 +64,7 @@ class Case:
     grad_rtol: float = 2e-5
     loss_rtol: float = 2e-5
     loss_atol: float = 0.0
+    slow_on_triton: bool = False
     oracle_ok: bool = True
     fd_ok: bool = True
 
@@ -102,12 +109,12 @@ class Case:
 BITEMP_LOSS_ATOL = 4 * 2.0**-24
 
 
-def _bitemp_rtols(t2: float) -> dict[str, float]:
+def _bitemp_rtols(t2: float) -> dict[str, object]:
     # t2 < 1: p_k = exp_t(a_k - lambda) near the edge of the support is ill-conditioned in
     # lambda; the pure-PyTorch reference run in fp32 is off from its float64 run as much as the
     # kernels (tests/triton/_triton_cases.py): here by up to 3.0e-4 in the gradient and 1.1e-4 in
     # the loss (K = 7, t1 = 0.5, t2 = 0.8, measured).
-    rtols = {"grad_rtol": 1e-3, "loss_rtol": 3e-4} if t2 < 1.0 else {}
+    rtols = {"grad_rtol": 1e-3, "loss_rtol": 3e-4, "slow_on_triton": True} if t2 < 1.0 else {}
     return {**rtols, "loss_atol": BITEMP_LOSS_ATOL}
 
 
@@ -203,7 +210,7 @@ _COMBINED = [
         ngce={"q": 0.3},
         agce={"a": 2.0, "q": 1.2},
     ),
-    _combined("ce-mae", {"ce": 0.5, "mae": 2.0}, _EVERYWHERE),
+    _combined("ce-mae", {"ce": 0.5, "mae": 2.0}, (*_EVERYWHERE, TINY)),  # two terms, the cheapest kernel
     _combined("nmae-nrce", {"nmae": 1.0, "nrce": 0.1}, _EVERYWHERE, nrce={"A": -3.0}),
     _combined("bitemp", {"bitemp": 1.0}, _EVERYWHERE, bitemp={"t1": 0.6, "t2": 1.4}),
     _combined("bitemp-weighted-t2<1", {"bitemp": 2.5}, (CORE,), bitemp={"t1": 0.8, "t2": 0.9}),
@@ -232,8 +239,9 @@ assert {c.loss for c in _DEFAULTS} == set(rk.LOSSES)
 
 
 def cases(which: str = "all") -> list[Case]:
-    """The cases of set ``which``: "all" (the table), :data:`CORE`, :data:`TRITON`, :data:`SMALL`
-    or :data:`TILED` (with cases of its own: the Triton interpreter's column-tiled runs)."""
+    """The cases of set ``which``: "all" (the table), :data:`CORE`, :data:`TRITON`, :data:`SMALL`,
+    :data:`TINY` or :data:`TILED` (with cases of its own: the Triton interpreter's column-tiled
+    runs)."""
     if which == "all":
         return list(CASES)
     if which == TILED:
