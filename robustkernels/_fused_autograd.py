@@ -92,6 +92,11 @@ def register_autograd(fused: FusedOp) -> None:
         buffer, ctx.grad_buffer = ctx.grad_buffer, None  # handed out below: never reused
         if torch.is_grad_enabled() and not is_traced(grad_loss):
             return _differentiable_backward(ctx, fused, grad_loss)
+        if grad_loss.dim() == 1:
+            # An ignored row's loss is the constant 0, so its gradient is 0 whatever its upstream
+            # factor: the buffer's zeros times an inf or NaN factor would be NaN. O(N), no sync.
+            ignore_index = fused.decode(ctx.op_args)[3]
+            grad_loss = grad_loss.masked_fill(target == ignore_index, 0)
         if is_traced(grad_loss) and buffer is not None:
             upstream = grad_loss if grad_loss.dim() == 0 else grad_loss.unsqueeze(1)
             grad = buffer * upstream.to(buffer.dtype)
