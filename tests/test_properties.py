@@ -28,7 +28,7 @@ def batches(draw, min_k=2, max_k=40, max_n=8, max_scale=8.0):
 
 
 def test_symmetric_losses_are_the_expected_ones():
-    assert SYMMETRIC == ["mae", "nce", "nfl", "rce"]
+    assert SYMMETRIC == ["mae", "nce", "nfl", "rce", "ngce", "nmae", "nrce", "mae_rce", "nfl_nce"]
 
 
 @SETTINGS
