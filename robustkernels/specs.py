@@ -391,7 +391,8 @@ class LossSpec:
 
     @property
     def mask(self) -> int:
-        return term_mask(self.bind(self.resolve({})))
+        """The term mask of the loss (it does not depend on the parameter values)."""
+        return sum(1 << prim.bit for prim in self.primitives)
 
 
 # Parameter factories keep the table below readable.
