@@ -87,8 +87,8 @@ def robust_loss(
     ignore_index: int,
 ) -> Tensor:
     """Backend contract (see :mod:`robustkernels.backends`): the fused loss, differentiable w.r.t. the
-    logits (and a per-row ``epsilon`` tensor). Without grad the forward-only op runs and no gradient
-    buffer is allocated."""
+    logits (and a per-row ``epsilon`` tensor). Without grad the op runs with ``compute_grad=False`` and no
+    gradient buffer is allocated."""
     from . import op
 
     eps_rows = epsilon if isinstance(epsilon, Tensor) else None
@@ -97,6 +97,4 @@ def robust_loss(
     terms, slots = spec.kernel_args(params)
     args = (logits, target, eps_rows, eps, terms, runtime_floats(slots), ignore_index, reduction)
     needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (eps_rows is not None and eps_rows.requires_grad))
-    if needs_grad:
-        return op.fused_loss_with_grad(*args)[0]
-    return op.fused_loss(*args)
+    return op.fused_loss(*args, needs_grad)[0]

@@ -1,15 +1,15 @@
 """torch.library registration of the Triton kernels: ops, fake kernels and autograd.
 
-Two ops in the ``robustkernels_triton`` namespace:
+One op in the ``robustkernels_triton`` namespace, with the native ``loss_forward``'s contract:
 
-``fused_loss(logits, target, eps_rows, eps, terms, params, ignore_index, reduction) -> loss``
-    forward only: no gradient buffer is allocated or written.
-``fused_loss_with_grad(...same...) -> (loss, grad)``
-    the loss plus ``dL/dlogits`` (already divided by the row count for ``mean``) in a fresh buffer
-    of the logits' dtype. Its autograd formula is the design shared with the native backend
-    (:mod:`robustkernels._fused_autograd`); the in-place scaling by ``grad_output`` is
-    ``rescale_grad_kernel``, which reads ``grad_output`` on the device (no host sync) and moves no
-    gradient byte where it is 1.
+``fused_loss(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, compute_grad)
+-> (loss, grad)``
+    the loss, plus ``dL/dlogits`` (already divided by the row count for ``mean``) in a fresh buffer
+    of the logits' dtype when ``compute_grad``; without it the gradient output is an empty 1-D
+    tensor and no gradient byte is written. Its autograd formula is the design shared with the
+    native backend (:mod:`robustkernels._fused_autograd`); the in-place scaling by ``grad_output``
+    is ``rescale_grad_kernel``, which reads ``grad_output`` on the device (no host sync) and moves
+    no gradient byte where it is 1.
 
 ``terms`` is the bit mask of the primitives present and ``params`` the values of
 :data:`~robustkernels.specs.KERNEL_SLOTS`, as :meth:`~robustkernels.specs.LossSpec.kernel_args`
@@ -38,7 +38,7 @@ from ..specs import KERNEL_SLOTS, PRIMITIVES
 from . import kernels
 from .launch import forward_config, rescale_config
 
-__all__ = ["INTERPRETED", "fused_loss", "fused_loss_with_grad", "REDUCTIONS"]
+__all__ = ["INTERPRETED", "fused_loss", "REDUCTIONS"]
 
 NAMESPACE = "robustkernels_triton"
 REDUCTIONS = ("none", "mean", "sum")
@@ -76,6 +76,12 @@ def _check_terms(terms: int, params: list[float]) -> None:
         raise ValueError(f"terms={terms:#x}: bitemp has its own softmax and cannot be combined with other terms")
 
 
+def _check_args(terms: int, params: list[float], reduction: str) -> None:
+    _check_terms(terms, params)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
 def _slot_kwargs(params: list[float]) -> dict[str, float | int]:
     """The kernel's slot arguments by name. Compiled Triton types a Python float as fp32 and an int as
     i32: each slot keeps one type whatever its value (a weight of 0 or 1 must not recompile)."""
@@ -95,7 +101,7 @@ def _on_device(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _forward(
+def _fused_loss(
     logits: Tensor,
     target: Tensor,
     eps_rows: Tensor | None,
@@ -104,15 +110,16 @@ def _forward(
     params: list[float],
     ignore_index: int,
     reduction: str,
-    with_grad: bool,
+    compute_grad: bool,
 ) -> tuple[Tensor, Tensor]:
+    _check_args(terms, params, reduction)
     num_rows, num_classes = logits.shape
     if logits.stride(1) != 1:
         # Any row stride is read in place; only a non-unit column stride needs a copy.
         logits = logits.contiguous()
     cdtype = compute_dtype(logits.dtype)
     rows = torch.empty(num_rows, dtype=cdtype, device=logits.device)
-    grad = torch.empty((num_rows, num_classes) if with_grad else (0,), dtype=logits.dtype, device=logits.device)
+    grad = torch.empty((num_rows, num_classes) if compute_grad else (0,), dtype=logits.dtype, device=logits.device)
     # Pointers the kernel does not touch (no per-row eps, no gradient, not mean) get the read-only
     # logits, never the written `rows`: wrap_triton's mutation analysis must not see two names for
     # one written buffer.
@@ -122,7 +129,7 @@ def _forward(
     if reduction == "mean":
         # On device: no .item(). All rows ignored gives 0 / 0 = NaN, as F.cross_entropy.
         count = (target != ignore_index).sum().to(cdtype)
-        if with_grad:
+        if compute_grad:
             inv_count = 1.0 / count
     if num_rows > 0:
         cfg = forward_config(num_rows, num_classes, logits.dtype, max_single_pass_override)
@@ -136,7 +143,7 @@ def _forward(
                 0 if eps_rows is None else eps_rows.stride(0),
                 float(eps),
                 rows,
-                grad if with_grad else unused,
+                grad if compute_grad else unused,
                 inv_count,
                 num_rows,
                 num_classes,
@@ -144,8 +151,8 @@ def _forward(
                 **_slot_kwargs(params),
                 TERMS=terms,
                 EPS_PER_ROW=eps_rows is not None,
-                HAS_GRAD=with_grad,
-                HAS_INV_COUNT=with_grad and reduction == "mean",
+                HAS_GRAD=compute_grad,
+                HAS_INV_COUNT=compute_grad and reduction == "mean",
                 FP64=cdtype == torch.float64,
                 ROWS=cfg.rows,
                 BLOCK_K=cfg.block_k,
@@ -159,40 +166,6 @@ def _forward(
     else:
         loss = rows.sum() / count
     return loss, grad
-
-
-def _check_args(terms: int, params: list[float], reduction: str) -> None:
-    _check_terms(terms, params)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-
-
-def _fused_loss(
-    logits: Tensor,
-    target: Tensor,
-    eps_rows: Tensor | None,
-    eps: float,
-    terms: int,
-    params: list[float],
-    ignore_index: int,
-    reduction: str,
-) -> Tensor:
-    _check_args(terms, params, reduction)
-    return _forward(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, with_grad=False)[0]
-
-
-def _fused_loss_with_grad(
-    logits: Tensor,
-    target: Tensor,
-    eps_rows: Tensor | None,
-    eps: float,
-    terms: int,
-    params: list[float],
-    ignore_index: int,
-    reduction: str,
-) -> tuple[Tensor, Tensor]:
-    _check_args(terms, params, reduction)
-    return _forward(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, with_grad=True)
 
 
 def _rescale_in_place(grad: Tensor, grad_output: Tensor) -> None:
@@ -223,42 +196,31 @@ def _rescale_in_place(grad: Tensor, grad_output: Tensor) -> None:
 
 if INTERPRETED:
     fused_loss = torch.library.custom_op(f"{NAMESPACE}::fused_loss", _fused_loss, mutates_args=())
-    fused_loss_with_grad = torch.library.custom_op(
-        f"{NAMESPACE}::fused_loss_with_grad", _fused_loss_with_grad, mutates_args=()
-    )
-
-    def _loss_shape(logits: Tensor, reduction: str) -> tuple[int, ...]:
-        return (logits.shape[0],) if reduction == "none" else ()
 
     @fused_loss.register_fake
-    def _(logits, target, eps_rows, eps, terms, params, ignore_index, reduction):
+    def _(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, compute_grad):
         _check_args(terms, params, reduction)
-        return logits.new_empty(_loss_shape(logits, reduction), dtype=compute_dtype(logits.dtype))
-
-    @fused_loss_with_grad.register_fake
-    def _(logits, target, eps_rows, eps, terms, params, ignore_index, reduction):
-        _check_args(terms, params, reduction)
-        shape = _loss_shape(logits, reduction)
-        cdtype = compute_dtype(logits.dtype)
-        return logits.new_empty(shape, dtype=cdtype), logits.new_empty(logits.shape)
+        loss_shape = (logits.shape[0],) if reduction == "none" else ()
+        loss = logits.new_empty(loss_shape, dtype=compute_dtype(logits.dtype))
+        return loss, logits.new_empty(logits.shape if compute_grad else (0,))
 
 else:
     from torch.library import triton_op
 
     fused_loss = triton_op(f"{NAMESPACE}::fused_loss", _fused_loss, mutates_args=())
-    fused_loss_with_grad = triton_op(f"{NAMESPACE}::fused_loss_with_grad", _fused_loss_with_grad, mutates_args=())
 
 
 def _recompute_grad(logits: Tensor, target: Tensor, eps_rows: Tensor | None, op_args: tuple) -> Tensor:
-    return fused_loss_with_grad(logits, target, eps_rows, *op_args)[1]
+    return fused_loss(logits, target, eps_rows, *op_args[:-1], True)[1]
 
 
 register_autograd(
     FusedOp(
-        op=fused_loss_with_grad,
+        op=fused_loss,
         recompute=_recompute_grad,
         # Looked up at call time, so that a test can record the launches by patching the module.
         scale_in_place=lambda grad, grad_output: _rescale_in_place(grad, grad_output),
-        decode=tuple,  # (eps, terms, slots, ignore_index, reduction), the reduction by name
+        # (eps, terms, slots, ignore_index, reduction by name); the last argument is compute_grad.
+        decode=lambda op_args: tuple(op_args[:-1]),
     )
 )

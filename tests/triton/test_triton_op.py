@@ -21,7 +21,7 @@ from robustkernels.triton import kernels, op
 def _op_args(logits, target, name, eps=0.5, eps_rows=None, reduction="mean", ignore_index=-100):
     spec = rk.LOSSES[name]
     terms, slots = spec.kernel_args(spec.resolve({}))
-    return (logits, target, eps_rows, eps, terms, [float(v) for v in slots], ignore_index, reduction)
+    return (logits, target, eps_rows, eps, terms, [float(v) for v in slots], ignore_index, reduction, True)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -31,12 +31,13 @@ def test_opcheck_with_grad(reduction):
     eps_rows = torch.rand(4, dtype=torch.float64, requires_grad=True)
     for name, eps_arg in (("nce_agce", None), ("bitemp", eps_rows)):
         args = _op_args(logits, target, name, eps_rows=eps_arg, reduction=reduction)
-        torch.library.opcheck(op.fused_loss_with_grad, args)
+        torch.library.opcheck(op.fused_loss, args)
 
 
 def test_opcheck_forward_only():
     logits, target = make_inputs(4, 9, torch.bfloat16)
-    torch.library.opcheck(op.fused_loss, _op_args(logits.detach(), target, "focal", reduction="sum"))
+    args = _op_args(logits.detach(), target, "focal", reduction="sum")[:-1]
+    torch.library.opcheck(op.fused_loss, (*args, False))
 
 
 def test_torch_compile_fullgraph():
@@ -80,20 +81,41 @@ class _RecordOps(TorchDispatchMode):
         return out
 
 
+def _record_gradient_outputs(monkeypatch) -> list:
+    """Patch the launcher so that each forward-kernel launch appends ``(HAS_GRAD, the gradient
+    argument's shape and data pointer, a copy of what the kernel wrote there)`` to the returned
+    list. No reference to the buffer is kept: autograd hands a gradient over as ``.grad`` without a
+    copy only when nothing else holds it."""
+    seen = []
+    real_launcher = op._launcher
+
+    def recording_launcher(kernel):
+        launch = real_launcher(kernel)
+
+        class Grid:
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    out = launch[grid](*args, **kwargs)
+                    if kernel is kernels.fused_loss_kernel:
+                        grad = args[8]
+                        seen.append((kwargs["HAS_GRAD"], (grad.shape, grad.data_ptr()), grad.clone()))
+                    return out
+
+                return run
+
+        return Grid()
+
+    monkeypatch.setattr(op, "_launcher", recording_launcher)
+    return seen
+
+
 def test_mean_backward_is_one_read_one_write(monkeypatch):
     """loss.backward() on a mean loss: the gradient the forward kernel wrote becomes logits.grad as
     is (same storage, no copy: no aten op of the backward produces an [N, K] tensor in other
     storage, nor writes into it in place), and the rescale kernel (grad_output == 1) leaves it alone."""
-    buffers = []
+    forwards = _record_gradient_outputs(monkeypatch)
     launches = []
-    real_forward = op._forward
     real_rescale = op._rescale_in_place
-
-    def recording_forward(*args, **kwargs):
-        out = real_forward(*args, **kwargs)
-        buffers.append((out[1].data_ptr(), out[1].clone()))
-        return out
-
     recorder = _RecordOps()
 
     def recording_rescale(grad, grad_output):
@@ -104,13 +126,13 @@ def test_mean_backward_is_one_read_one_write(monkeypatch):
         finally:
             recorder.paused = False
 
-    monkeypatch.setattr(op, "_forward", recording_forward)
     monkeypatch.setattr(op, "_rescale_in_place", recording_rescale)
     logits, target = make_inputs(6, 20, torch.bfloat16)
     loss = rk.robust_loss(logits, target, "nce_mae", epsilon=1.0, backend="triton")
     with recorder:
         loss.backward()
-    ((ptr, written),) = buffers
+    ((has_grad, (_, ptr), written),) = forwards
+    assert has_grad
     assert launches == [ptr]
     assert logits.grad.data_ptr() == ptr, "the forward buffer must become .grad without a copy"
     assert torch.equal(logits.grad, written), "grad_output == 1 must leave the buffer untouched"
@@ -149,21 +171,15 @@ def test_gradient_returned_earlier_is_not_modified_by_a_later_backward():
 
 
 def test_forward_only_path_allocates_no_gradient(monkeypatch):
-    calls = []
-    real_forward = op._forward
-
-    def recording_forward(*args, **kwargs):
-        out = real_forward(*args, **kwargs)
-        calls.append((kwargs["with_grad"], out[1].numel()))
-        return out
-
-    monkeypatch.setattr(op, "_forward", recording_forward)
+    forwards = _record_gradient_outputs(monkeypatch)
     logits, target = make_inputs(4, 30, torch.float32)
     with torch.no_grad():
         a = rk.robust_loss(logits, target, "nfl", backend="triton")
     b = rk.robust_loss(logits.detach(), target, "nfl", backend="triton")
     c = rk.robust_loss(logits, target, "nfl", backend="triton")
-    assert calls == [(False, 0), (False, 0), (True, 4 * 30)]
+    # Without a gradient the kernel's gradient pointer is the read-only logits (never written).
+    calls = [(has_grad, ptr != logits.data_ptr() and shape == (4, 30)) for has_grad, (shape, ptr), _ in forwards]
+    assert calls == [(False, False), (False, False), (True, True)]
     assert not a.requires_grad and not b.requires_grad and c.requires_grad
     assert torch.equal(a, b) and torch.equal(a, c.detach())
 
@@ -216,9 +232,10 @@ def test_op_rejects_a_mask_or_slot_table_the_kernel_cannot_run():
         (bitemp | 1, slots, "bitemp has its own softmax"),
     ]
     for bad_terms, bad_slots, message in cases:
-        for fn in (op.fused_loss, op.fused_loss_with_grad):
+        for compute_grad in (False, True):
             with pytest.raises(ValueError, match=message):
-                fn(logits, target, None, 0.0, bad_terms, [float(v) for v in bad_slots], -100, "mean")
+                slot_values = [float(v) for v in bad_slots]
+                op.fused_loss(logits, target, None, 0.0, bad_terms, slot_values, -100, "mean", compute_grad)
 
 
 def test_unavailable_reasons():
