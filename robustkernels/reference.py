@@ -230,35 +230,37 @@ def exp_t(u: Tensor, t: float) -> Tensor:
     return torch.exp(_log_exp_t(u, t))
 
 
-def _normalization(a: Tensor, t: float, num_iters: int) -> Tensor:
-    """``lambda_t(a)`` with ``sum_k exp_t(a_k - lambda) = 1``, as Google's implementation.
+def _shifted_normalization(a0: Tensor, t: float, num_iters: int) -> Tensor:
+    """``lambda_t`` of the max-shifted row ``a0 = a - max(a)`` (``sum_k exp_t(a0_k - lambda) = 1``),
+    as Google's implementation.
 
     t > 1: ``num_iters`` fixed-point steps; t < 1: bisection to convergence; t = 1: logsumexp.
     """
     if t == 1.0:
-        return torch.logsumexp(a, dim=1, keepdim=True)
-    mu = a.amax(dim=1, keepdim=True)
-    a0 = a - mu
+        return torch.logsumexp(a0, dim=1, keepdim=True)
     if t > 1.0:
         a_hat = a0
         for _ in range(num_iters):
             partition = exp_t(a_hat, t).sum(dim=1, keepdim=True)
             a_hat = a0 * partition.pow(1.0 - t)
         partition = exp_t(a_hat, t).sum(dim=1, keepdim=True)
-        return -log_t(1.0 / partition, t) + mu
-    effective_dim = (a0 > -1.0 / (1.0 - t)).sum(dim=1, keepdim=True).to(a.dtype)
-    lower = torch.zeros_like(mu)
+        return -log_t(1.0 / partition, t)
+    effective_dim = (a0 > -1.0 / (1.0 - t)).sum(dim=1, keepdim=True).to(a0.dtype)
+    lower = torch.zeros_like(a0[:, :1])
     upper = -log_t(1.0 / effective_dim, t)
     for _ in range(BISECTION_STEPS):
         mid = 0.5 * (lower + upper)
         below = exp_t(a0 - mid, t).sum(dim=1, keepdim=True) < 1.0
         upper = torch.where(below, mid, upper)
         lower = torch.where(below, lower, mid)
-    return 0.5 * (lower + upper) + mu
+    return 0.5 * (lower + upper)
 
 
 def _tempered_log_softmax(a: Tensor, t: float, num_iters: int) -> Tensor:
-    return _log_exp_t(a - _normalization(a, t, num_iters), t)
+    # (a - max) - lambda0, never a - (lambda0 + max): at logits of 3e4 the fp32 sum lambda0 + max
+    # rounds to ulp(max) = 2e-3, which is the whole error budget of the loss.
+    a0 = a - a.amax(dim=1, keepdim=True)
+    return _log_exp_t(a0 - _shifted_normalization(a0, t, num_iters), t)
 
 
 def tempered_softmax(logits: Tensor, t: float, num_iters: int = 5) -> Tensor:

@@ -37,36 +37,16 @@ BACKENDS = rk.available_backends("cpu")
 INF, NAN = math.inf, math.nan
 
 
-def _params(full: str = CORE, triton: str = TRITON, known=None, slow: bool = False) -> list:
+def _params(full: str = CORE, triton: str = TRITON, slow: bool = False) -> list:
     """``(backend, case)`` for every backend, the Triton interpreter running the set ``triton``
-    (without its ``slow_on_triton`` cases unless ``slow``).
-
-    ``known`` names a defect of :data:`KNOWN_DEFECTS` whose pairs are left to its own strict
-    xfail test (which shows the defect on inputs where it is far above the tolerance).
-    """
+    (without its ``slow_on_triton`` cases unless ``slow``)."""
     out = []
     for backend in BACKENDS:
         for case in case_table.cases(triton if backend == "triton" else full):
-            if known is not None and KNOWN_DEFECTS[known][0](backend, case):
-                continue
             if backend == "triton" and case.slow_on_triton and not slow:
                 continue
             out.append(pytest.param(backend, case, id=f"{backend}-{case.id}"))
     return out
-
-
-#: Defects found by this suite in code it does not own, by name: (which (backend, case) pairs
-#: have it, why). Each has a strict xfail test below, so that a fix shows up as an XPASS asking
-#: for the entry to be removed (and the pairs to return to the parametrised tests).
-KNOWN_DEFECTS = {
-    "torch-bitemp-offsets": (
-        lambda backend, case: backend == "torch" and case.is_bitemp and case.temperatures != (1.0, 1.0),
-        "robustkernels/reference.py forms the tempered log-probabilities as a - (lambda0 + max): in "
-        "fp32 the sum rounds to ulp(max), 2e-3 at logits of 3e4, so the torch backend's bitemp is off "
-        "by up to 2.4e-3 in the loss and 1e-3 in the gradient at large logit offsets (native and triton: "
-        "1e-7); a - max - lambda0 would not round",
-    ),
-}
 
 
 @pytest.fixture(autouse=True)
@@ -366,7 +346,7 @@ def _offset_inputs(k: int = 7):
     return logits, torch.tensor([0, 3, k - 1])
 
 
-@pytest.mark.parametrize("backend, case", _params(CORE, SMALL, known="torch-bitemp-offsets"))
+@pytest.mark.parametrize("backend, case", _params(CORE, SMALL))
 def test_large_logit_offsets(backend, case):
     """Logits around +-2e4 and 3e4 in fp32: the values of the reference on the same inputs."""
     logits, target = _offset_inputs()
@@ -646,19 +626,3 @@ def test_every_loss_runs_on_every_backend():
     for backend in BACKENDS:
         names = {c.spec.name for b, c in (p.values for p in _params("all", TRITON)) if b == backend}
         assert set(rk.LOSSES) <= names, (backend, set(rk.LOSSES) - names)
-
-
-# ---- the known defects, shown where they are far above the tolerance ----------------------------
-
-
-def _case(case_id: str) -> Case:
-    return next(c for c in case_table.cases() if c.id == case_id)
-
-
-@pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS["torch-bitemp-offsets"][1])
-def test_known_defect_torch_bitemp_at_large_offsets():
-    case = _case("bitemp")
-    logits, target = _offset_inputs()
-    got = _run("torch", case, logits, target, 0.25)
-    want = _reference(case, logits, target, 0.25)
-    _compare(got, want, case, torch.float32, "torch")  # 5.4e-4 relative in the loss (tolerance 2e-5)
