@@ -30,13 +30,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .specs import terms_from_kernel_args
 
-__all__ = ["FusedOp", "register_autograd"]
+__all__ = ["FusedOp", "OpCall", "register_autograd"]
+
+
+class OpCall(NamedTuple):
+    """What a fused op computes, in the reference's terms (for double backward and masking)."""
+
+    epsilon: float
+    terms: int  # the term mask of robustkernels.specs.kernel_args
+    slots: list[float]  # the KERNEL_SLOTS values
+    ignore_index: int
+    reduction: str  # by name
+    weight: Tensor | None = None
+    label_smoothing: float = 0.0
+
+    def is_soft(self, target: Tensor) -> bool:
+        """A probability target or label smoothing: every class carries a term."""
+        return target.is_floating_point() or self.label_smoothing != 0.0
 
 
 @dataclass(frozen=True)
@@ -52,15 +69,13 @@ class FusedOp:
             computed afresh (unscaled by ``grad_output``).
         scale_in_place: ``(grad, grad_output) -> None`` -- ``grad *= grad_output`` (a scalar or
             one factor per row), skipping the work where ``grad_output == 1``.
-        decode: ``op_args -> (epsilon, terms, slots, ignore_index, reduction)`` -- the term
-            mask and :data:`~robustkernels.specs.KERNEL_SLOTS` values of
-            :func:`~robustkernels.specs.kernel_args`, the reduction by name -- for the reference.
+        decode: ``op_args -> OpCall`` -- what the op computes, for the reference.
     """
 
     op: object
     recompute: Callable[[Tensor, Tensor, Tensor | None, tuple], Tensor]
     scale_in_place: Callable[[Tensor, Tensor], None]
-    decode: Callable[[tuple], tuple[float, int, list[float], int, str]]
+    decode: Callable[[tuple], OpCall]
 
 
 def is_traced(t: Tensor) -> bool:
@@ -92,18 +107,24 @@ def register_autograd(fused: FusedOp) -> None:
         buffer, ctx.grad_buffer = ctx.grad_buffer, None  # handed out below: never reused
         if torch.is_grad_enabled() and not is_traced(grad_loss):
             return _differentiable_backward(ctx, fused, grad_loss)
-        if grad_loss.dim() == 1:
+        call = fused.decode(ctx.op_args)
+        if grad_loss.dim() == 1 and not target.is_floating_point():
             # An ignored row's loss is the constant 0, so its gradient is 0 whatever its upstream
             # factor: the buffer's zeros times an inf or NaN factor would be NaN. O(N), no sync.
-            ignore_index = fused.decode(ctx.op_args)[3]
-            grad_loss = grad_loss.masked_fill(target == ignore_index, 0)
+            grad_loss = grad_loss.masked_fill(target == call.ignore_index, 0)
         if is_traced(grad_loss) and buffer is not None:
             upstream = grad_loss if grad_loss.dim() == 0 else grad_loss.unsqueeze(1)
             grad = buffer * upstream.to(buffer.dtype)
         else:
             grad = buffer if buffer is not None else fused.recompute(logits, target, eps_rows, ctx.op_args)
             fused.scale_in_place(grad, grad_loss)
-        grad_eps = _epsilon_gradient(grad, target, eps_rows) if ctx.needs_input_grad[2] else None
+        grad_eps = None
+        if ctx.needs_input_grad[2]:
+            if call.is_soft(target):
+                # Each class's term carries its own bias: d loss / d eps is not a lane of the
+                # gradient. The API refuses such a call before the forward.
+                raise RuntimeError("epsilon: the fused backends do not differentiate a per-row bias with soft targets")
+            grad_eps = _epsilon_gradient(grad, target, eps_rows)
         return (grad if ctx.needs_input_grad[0] else None, None, grad_eps, *nones[3:])
 
     torch.library.register_autograd(fused.op, backward, setup_context=setup_context)
@@ -120,14 +141,16 @@ def _differentiable_backward(ctx, fused: FusedOp, grad_loss: Tensor) -> tuple[Te
     from . import _torch_backend
 
     logits, target, eps_rows = ctx.saved_tensors
-    epsilon, terms, slots, ignore_index, reduction = fused.decode(ctx.op_args)
+    call = fused.decode(ctx.op_args)
     loss = _torch_backend.loss_of_terms(
         logits,
         target,
-        terms_from_kernel_args(terms, slots),
-        epsilon if eps_rows is None else eps_rows,
-        reduction,
-        ignore_index,
+        terms_from_kernel_args(call.terms, call.slots),
+        call.epsilon if eps_rows is None else eps_rows,
+        call.reduction,
+        call.ignore_index,
+        weight=call.weight,
+        label_smoothing=call.label_smoothing,
     )
     wanted = [(i, t) for i, t in ((0, logits), (2, eps_rows)) if ctx.needs_input_grad[i]]
     grads = torch.autograd.grad(loss, [t for _, t in wanted], grad_loss, create_graph=True, allow_unused=True)

@@ -42,13 +42,16 @@ __all__ = [
     "get_label_validation",
     "check_labels",
     "check_epsilon_rows",
+    "check_probabilities",
     "invalid_label_mask",
+    "invalid_probability_rows",
     "under_functorch",
 ]
 
 _Mode = Literal["async", "sync", "off"]
 _mode: _Mode = "async"
-_pending: collections.deque[tuple[torch.cuda.Event, Tensor, int]] = collections.deque()
+# (event, pinned count of bad entries, message with a {count} field) of each pending check.
+_pending: collections.deque[tuple[torch.cuda.Event, Tensor, str]] = collections.deque()
 _MAX_PENDING = 64
 
 
@@ -105,7 +108,7 @@ def _raise_bad(target: Tensor, bad: Tensor, num_classes: int, ignore_index: int)
 
 def _poll(block: bool = False) -> None:
     while _pending:
-        event, count, num_classes = _pending[0]
+        event, count, message = _pending[0]
         if not block and not event.query():
             return
         event.synchronize()
@@ -113,10 +116,22 @@ def _poll(block: bool = False) -> None:
         if int(count) > 0:
             _pending.clear()
             raise ValueError(
-                f"target: an earlier call saw {int(count)} label(s) outside [0, {num_classes}) "
-                "that are not ignore_index; its loss rows are NaN. Use "
+                message.format(count=int(count)) + "; its loss rows are NaN. Use "
                 "robustkernels.set_label_validation('sync') to raise at the offending call."
             )
+
+
+def _check_later(bad: Tensor, message: str) -> None:
+    """Count ``bad`` on the device and copy the count to pinned memory without a sync; a later
+    call raises ``message`` if it was not 0."""
+    count = bad.sum()
+    host = torch.empty((), dtype=count.dtype, pin_memory=True)
+    host.copy_(count, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    if len(_pending) >= _MAX_PENDING:
+        _poll(block=True)
+    _pending.append((event, host, message))
 
 
 def check_labels(target: Tensor | None = None, num_classes: int = 0, ignore_index: int = -100) -> None:
@@ -142,14 +157,43 @@ def check_labels(target: Tensor | None = None, num_classes: int = 0, ignore_inde
     _poll()
     if target.device.type != "cuda":
         return  # other accelerators: the NaN rows are the signal
-    count = invalid_label_mask(target, num_classes, ignore_index).sum()
-    host = torch.empty((), dtype=count.dtype, pin_memory=True)
-    host.copy_(count, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record()
-    if len(_pending) >= _MAX_PENDING:
-        _poll(block=True)
-    _pending.append((event, host, num_classes))
+    message = f"target: an earlier call saw {{count}} label(s) outside [0, {num_classes}) that are not ignore_index"
+    _check_later(invalid_label_mask(target, num_classes, ignore_index), message)
+
+
+def invalid_probability_rows(target: Tensor) -> Tensor:
+    """``True`` for the rows of a ``[N, K]`` probability target with a negative or NaN entry."""
+    return ((target < 0) | target.isnan()).any(dim=-1)
+
+
+_BAD_PROBABILITY_COMPILED = "target: a negative or NaN probability (checked in a compiled graph)"
+
+
+def check_probabilities(target: Tensor) -> None:
+    """Validate a ``[N, K]`` probability target as :func:`check_labels` validates labels: a
+    negative or NaN entry raises at once on CPU, and through the asynchronous check on CUDA."""
+    if torch.compiler.is_compiling():
+        if target.device.type == "cpu":
+            torch._assert_async(~invalid_probability_rows(target).any(), _BAD_PROBABILITY_COMPILED)
+        return
+    target = _unwrapped(target).detach()
+    on_cpu = target.device.type == "cpu"
+    if _mode == "off" and not on_cpu:
+        return
+    bad = invalid_probability_rows(target)
+    if on_cpu or _mode == "sync":
+        if bool(bad.any()):
+            count, first = _first_bad(bad)
+            row = target[first]
+            entry = row[(row < 0) | row.isnan()][0]
+            raise ValueError(
+                f"target: {count} row(s) of the probability target hold a negative or NaN entry; "
+                f"first at row {first[-1]}: {float(entry)}"
+            )
+        return
+    _poll()
+    if target.device.type == "cuda":
+        _check_later(bad, "target: an earlier call saw {count} probability-target row(s) with a negative or NaN entry")
 
 
 def check_epsilon_rows(epsilon: Tensor) -> None:

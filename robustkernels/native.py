@@ -20,7 +20,7 @@ import platform
 import torch
 from torch import Tensor
 
-from ._fused_autograd import FusedOp, register_autograd
+from ._fused_autograd import FusedOp, OpCall, register_autograd
 from ._numbers import runtime_floats
 from .reference import compute_dtype
 from .specs import LossSpec
@@ -94,10 +94,9 @@ def _recompute_grad(logits: Tensor, target: Tensor, epsilon_rows: Tensor | None,
     )[1]
 
 
-def _decode(op_args: tuple) -> tuple[float, int, list[float], int, str]:
-    """``(epsilon, term mask, slots, ignore_index, reduction name)`` of the op's arguments."""
+def _decode(op_args: tuple) -> OpCall:
     epsilon, terms, slots, ignore_index, reduction, _ = op_args
-    return epsilon, terms, slots, ignore_index, _REDUCTION_NAMES[reduction]
+    return OpCall(epsilon, terms, slots, ignore_index, _REDUCTION_NAMES[reduction])
 
 
 _REDUCTION_NAMES = {code: name for name, code in REDUCTION_CODES.items()}

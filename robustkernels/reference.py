@@ -19,7 +19,16 @@ from torch import Tensor
 
 from .specs import BoundTerm, LossSpec
 
-__all__ = ["loss_rows", "term_rows", "biased_logits", "tempered_softmax", "log_t", "exp_t", "compute_dtype"]
+__all__ = [
+    "loss_rows",
+    "term_rows",
+    "soft_term_rows",
+    "biased_logits",
+    "tempered_softmax",
+    "log_t",
+    "exp_t",
+    "compute_dtype",
+]
 
 # Bisection steps for the t2 < 1 normalisation. The bracket [0, -log_t(1/d)] is at most a few
 # units wide, so 64 halvings reach the float64 resolution: the solve is converged for every
@@ -372,3 +381,83 @@ def _nan_rows(zb: Tensor) -> Tensor:
     maximum are legal: classes with ``p = 0``. Left to ``log_softmax`` a ``+inf`` at the label
     would give ``log p_y = -log1p(0) = 0``, a finite loss with a NaN gradient."""
     return zb.isnan().any(dim=1) | zb.isposinf().any(dim=1) | zb.isneginf().all(dim=1)
+
+
+# ---- expected loss over a target distribution -----------------------------------------------------
+
+
+def _log_prob_with_own_bias(z: Tensor, epsilon: float | Tensor) -> Tensor:
+    """``log q_k``: the log-probability of class ``k`` in ``softmax(z + eps e_k)``, for every ``k``.
+
+    ``log q_k = -log1p(exp(x_k))`` with ``x_k = log sum_{j != k} exp(z_j - z_k) - eps``. For the
+    row's argmax the sum ``s`` is formed directly and ``-log1p(exp(-eps) s)`` is exact as
+    ``q -> 1`` (``log_softmax`` would round ``log(1 + s)`` to ``ulp(1)``); for every other class
+    the sum of the others holds the max term 1, so ``S - exp(z_k - m)`` does not cancel, and
+    ``-softplus(x)`` is formed without overflow for a very unlikely class.
+    """
+    eps = epsilon.to(z.dtype).unsqueeze(1) if isinstance(epsilon, Tensor) else epsilon
+    m = z.amax(dim=1, keepdim=True)
+    e = torch.exp(z - m)
+    is_max = torch.arange(z.shape[1], device=z.device) == z.argmax(dim=1, keepdim=True)
+    s = e.masked_fill(is_max, 0.0).sum(dim=1, keepdim=True)  # sum over the argmax's others
+    # Stand-ins keep the branch `where` discards finite (its gradient would still be 0 * inf).
+    others = torch.where(is_max, 1.0, e.sum(dim=1, keepdim=True) - e)
+    x = torch.log(others) + torch.where(is_max, 0.0, m - z) - eps
+    minus_softplus = -(torch.relu(x) + torch.log1p(torch.exp(-torch.abs(x))))
+    at_max = -torch.log1p(torch.exp(-torch.as_tensor(eps, dtype=z.dtype)) * torch.where(is_max, s, 0.0))
+    return torch.where(is_max, at_max, minus_softplus)
+
+
+def _soft_nce(z: Tensor, log_q: Tensor, epsilon: float | Tensor) -> Tensor:
+    """nce with label k, for every k: ``-log q_k / D_k``, ``D_k = -sum_j log p^(k)_j``.
+
+    ``p^(k)_j = a_j q_k / (a_k e^eps)`` off the label, so ``D_k = -sum_j log a_j + (K - 1) eps +
+    K (log a_k - log q_k)``. A row with a class of ``p = 0`` has ``D = inf`` and nce 0 (as
+    :func:`_normalized`), computed on stand-ins so that no inf / inf reaches the backward.
+    """
+    eps = epsilon.to(z.dtype).unsqueeze(1) if isinstance(epsilon, Tensor) else epsilon
+    num_classes = z.shape[1]
+    log_a = torch.log_softmax(z, dim=1)
+    infinite = torch.isinf(log_a.sum(dim=1, keepdim=True))
+    log_a = torch.where(infinite, -1.0, log_a)
+    log_q = torch.where(infinite, -1.0, log_q)
+    denominator = -log_a.sum(dim=1, keepdim=True) + (num_classes - 1) * eps + num_classes * (log_a - log_q)
+    return torch.where(infinite, 0.0, -log_q / denominator)
+
+
+def soft_term_rows(
+    logits: Tensor, coefficients: Tensor, terms: Sequence[BoundTerm], epsilon: float | Tensor = 0.0
+) -> Tensor:
+    """``sum_k u_k L(z + eps e_k, k)`` per row: the expected loss over the class coefficients ``u``
+    (``docs/drop-in.md``), one row pass, differentiable by autograd.
+
+    Args:
+        logits: ``[N, K]`` floating tensor (rows of a NaN, a ``+inf`` or only ``-inf`` give NaN).
+        coefficients: ``[N, K]`` non-negative ``u`` in the compute dtype; a class with
+            ``u_k = 0`` contributes exactly 0, whatever its logit.
+        terms: bound primitives, each with a one-pass form (``Primitive.soft_targets``).
+        epsilon: logit bias, a float or a ``[N]`` tensor.
+    """
+    z = logits.to(compute_dtype(logits.dtype))
+    eps_col = epsilon.to(z.dtype).unsqueeze(1) if isinstance(epsilon, Tensor) else epsilon
+    nan_rows = _nan_rows(z + eps_col)
+    z_safe = z.masked_fill(nan_rows.unsqueeze(1), 0.0)
+    eps_safe = epsilon.masked_fill(nan_rows, 0.0) if isinstance(epsilon, Tensor) else epsilon
+    u = coefficients.to(z.dtype)
+    present = u != 0
+    log_q = torch.where(present, _log_prob_with_own_bias(z_safe, eps_safe), -1.0)
+    per_class = torch.zeros_like(z)
+    for term in terms:
+        prm = dict(term.params)
+        if term.primitive.name == "aul":
+            prm["a_minus_1"] = prm["a"] - 1.0
+        if term.primitive.name == "nce":
+            value = _soft_nce(z_safe, log_q, eps_safe)
+        elif term.primitive.normalizes or not term.primitive.soft_targets:
+            raise ValueError(f"{term.primitive.name}: no one-pass expected loss over a target distribution")
+        else:
+            value = _label_term(term.primitive.name, log_q, z.shape[1], prm)
+        per_class = per_class + term.weight * value
+    rows = torch.where(present, u * per_class, 0.0).sum(dim=1)
+    poison = torch.where(nan_rows, float("nan"), 0.0).to(rows.dtype)
+    return rows.masked_fill(nan_rows, 0.0) + z.masked_fill(~nan_rows.unsqueeze(1), 0.0).sum(dim=1) * poison

@@ -32,6 +32,7 @@ __all__ = [
     "PRIMITIVES",
     "LOSSES",
     "KERNEL_SLOTS",
+    "SOFT_TARGET_TERMS",
     "get_spec",
     "combine",
     "term_mask",
@@ -110,6 +111,9 @@ class Primitive:
         params: its own parameters, with their ranges and the defaults :func:`combine` uses.
         normalizes: for a normalised form ``L(p_y) / sum_k L(p_k)``, the primitive ``L``.
         bounded: whether the term is bounded in ``p_y``.
+        soft_targets: whether the expected loss over a target distribution (probability targets,
+            label smoothing) has a one-pass closed form every backend implements
+            (``docs/drop-in.md``): the label-only terms and nce.
     """
 
     name: str
@@ -118,6 +122,7 @@ class Primitive:
     params: tuple[Param, ...] = ()
     normalizes: str = ""
     bounded: bool = True
+    soft_targets: bool = True
 
 
 def _q(default: float, high: float = 1.0) -> Param:
@@ -177,19 +182,22 @@ _PRIMITIVES = (
     Primitive("rce", 6, "-A (1 - p_y)", (_rce_a(),)),
     Primitive("focal", 7, "-(1 - p_y)^gamma log p_y", (_gamma(),), bounded=False),
     Primitive("nce", 8, "log p_y / sum_k log p_k", normalizes="ce"),
-    Primitive("nfl", 9, "focal_y / sum_k focal_k", (_gamma(),), normalizes="focal"),
-    Primitive("ngce", 10, "(1 - p_y^q) / (K - sum_k p_k^q)", (_q(0.7),), normalizes="gce"),
+    Primitive("nfl", 9, "focal_y / sum_k focal_k", (_gamma(),), normalizes="focal", soft_targets=False),
+    Primitive("ngce", 10, "(1 - p_y^q) / (K - sum_k p_k^q)", (_q(0.7),), normalizes="gce", soft_targets=False),
     # mae and rce are symmetric (sum_k (1 - p_k) = K - 1), so their normalised forms are constant
     # rescalings. nrce is the published code's: its 1 / 4 * (K - 1) multiplies by (K - 1) / 4.
     Primitive("nmae", 11, "(1 - p_y) / (K - 1)"),
     Primitive("nrce", 12, "(K - 1) / 4 * -A (1 - p_y)", (_rce_a(),)),
-    Primitive("bitemp", 13, "bi-tempered logistic loss", _bitemp_params(), bounded=False),
+    Primitive("bitemp", 13, "bi-tempered logistic loss", _bitemp_params(), bounded=False, soft_targets=False),
 )
 
 #: Every primitive, by name (read-only), in bit order.
 PRIMITIVES: Mapping[str, Primitive] = MappingProxyType({p.name: p for p in _PRIMITIVES})
 
 assert [p.bit for p in _PRIMITIVES] == list(range(len(_PRIMITIVES))), "bits must be 0..n-1"
+
+#: Term mask of the primitives with a one-pass expected loss over a target distribution.
+SOFT_TARGET_TERMS: int = sum(1 << p.bit for p in _PRIMITIVES if p.soft_targets)
 
 
 def _slot_names() -> tuple[str, ...]:
@@ -393,6 +401,12 @@ class LossSpec:
     def mask(self) -> int:
         """The term mask of the loss (it does not depend on the parameter values)."""
         return sum(1 << prim.bit for prim in self.primitives)
+
+    @property
+    def soft_targets(self) -> bool:
+        """Whether probability targets and label smoothing are supported (every term has a
+        one-pass expected loss over a target distribution, ``docs/drop-in.md``)."""
+        return all(prim.soft_targets for prim in self.primitives)
 
 
 # Parameter factories keep the table below readable.

@@ -32,7 +32,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from .._fused_autograd import FusedOp, register_autograd
+from .._fused_autograd import FusedOp, OpCall, register_autograd
 from ..reference import compute_dtype
 from ..specs import KERNEL_SLOTS, PRIMITIVES
 from . import kernels
@@ -221,6 +221,6 @@ register_autograd(
         # Looked up at call time, so that a test can record the launches by patching the module.
         scale_in_place=lambda grad, grad_output: _rescale_in_place(grad, grad_output),
         # (eps, terms, slots, ignore_index, reduction by name); the last argument is compute_grad.
-        decode=lambda op_args: tuple(op_args[:-1]),
+        decode=lambda op_args: OpCall(*op_args[:-1]),
     )
 )
