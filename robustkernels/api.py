@@ -244,6 +244,10 @@ def robust_loss(
             f"epsilon: backend {name!r} does not differentiate a per-row bias with probability targets "
             "or label smoothing (each class's term carries its own bias); use backend='torch'"
         )
+    if target.is_floating_point() and target.requires_grad and name != "torch" and torch.is_grad_enabled():
+        raise ValueError(
+            f"target: backend {name!r} does not differentiate a probability target; detach it, or use backend='torch'"
+        )
     if target.is_floating_point():
         check_probabilities(_as_rows(target, logits))
     else:

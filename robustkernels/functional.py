@@ -1,8 +1,9 @@
 """One function per loss, generated from :data:`robustkernels.LOSSES`.
 
 ``functional.mae(logits, target, *, epsilon=0.0, reduction="mean", ignore_index=-100,
-backend="auto", scale=2.0)`` is ``robust_loss(logits, target, "mae", ...)`` with the loss's
-parameters as keyword arguments, defaults and docs taken from its spec.
+weight=None, label_smoothing=0.0, backend="auto", scale=2.0)`` is ``robust_loss(logits, target,
+"mae", ...)`` with the loss's parameters as keyword arguments, defaults and docs taken from its
+spec.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ _COMMON = [
     inspect.Parameter("epsilon", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation="float | Tensor | str"),
     inspect.Parameter("reduction", inspect.Parameter.KEYWORD_ONLY, default="mean", annotation=str),
     inspect.Parameter("ignore_index", inspect.Parameter.KEYWORD_ONLY, default=-100, annotation=int),
+    inspect.Parameter("weight", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Tensor | None"),
+    inspect.Parameter("label_smoothing", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation=float),
     inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=str),
 ]
 
@@ -38,7 +41,18 @@ def param_docs(spec: LossSpec) -> str:
 
 
 def _make(spec: LossSpec):
-    def loss_fn(logits, target, *, epsilon=0.0, reduction="mean", ignore_index=-100, backend="auto", **params):
+    def loss_fn(
+        logits,
+        target,
+        *,
+        epsilon=0.0,
+        reduction="mean",
+        ignore_index=-100,
+        weight=None,
+        label_smoothing=0.0,
+        backend="auto",
+        **params,
+    ):
         return robust_loss(
             logits,
             target,
@@ -46,6 +60,8 @@ def _make(spec: LossSpec):
             epsilon=epsilon,
             reduction=reduction,
             ignore_index=ignore_index,
+            weight=weight,
+            label_smoothing=label_smoothing,
             backend=backend,
             **params,
         )
@@ -62,7 +78,7 @@ def _make(spec: LossSpec):
         f"{spec.title}: ``{spec.formula}`` with ``p = softmax(z + epsilon e_y)``.\n\n"
         f"    {spec.citation}.\n{notes}\n"
         "    See :func:`robustkernels.robust_loss` for logits, target, epsilon, reduction,\n"
-        "    ignore_index and backend.\n\n"
+        "    ignore_index, weight, label_smoothing and backend.\n\n"
         "    Hyper-parameters:\n" + param_docs(spec)
     )
     return loss_fn

@@ -27,12 +27,17 @@ class RobustLoss(nn.Module):
             float or ``"auto"``; set :attr:`epsilon` between steps to schedule it.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         ignore_index: label whose rows are skipped.
+        weight: ``[K]`` class weights, as :class:`torch.nn.CrossEntropyLoss` (a buffer: it moves
+            with ``.to()``).
+        label_smoothing: ``alpha`` in ``[0, 1]``, as :class:`torch.nn.CrossEntropyLoss`.
         backend: ``"auto"`` | ``"torch"`` | ``"triton"`` | ``"native"``.
         **params: hyper-parameters of the loss (validated here, at construction).
 
     Shape:
-        - Input: ``[N, K]`` logits; target ``[N]`` class indices.
-        - Output: scalar, or ``[N]`` with ``reduction="none"``.
+        - Input: ``[N, K]``, ``[K]`` or ``[N, K, d1, ...]`` logits.
+        - Target: class indices of the input's shape without dimension 1 (``[N]``, ``[]``,
+          ``[N, d1, ...]``), or probabilities of the input's shape.
+        - Output: scalar, or the target's row shape with ``reduction="none"``.
 
     ``forward(input, target, epsilon=None)`` also accepts a per-call ``epsilon`` (e.g. a
     ``[N]`` per-sample tensor) overriding :attr:`epsilon`.
@@ -45,6 +50,8 @@ class RobustLoss(nn.Module):
         epsilon: EpsilonArg = 0.0,
         reduction: str = "mean",
         ignore_index: int = -100,
+        weight: Tensor | None = None,
+        label_smoothing: float = 0.0,
         backend: str = "auto",
         **params: float,
     ) -> None:
@@ -54,6 +61,8 @@ class RobustLoss(nn.Module):
         self.epsilon = epsilon
         self.reduction = reduction
         self.ignore_index = ignore_index
+        self.register_buffer("weight", weight)
+        self.label_smoothing = label_smoothing
         self.backend = backend
 
     @property
@@ -91,6 +100,8 @@ class RobustLoss(nn.Module):
             epsilon=self.epsilon if epsilon is None else epsilon,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
+            weight=self.weight,
+            label_smoothing=self.label_smoothing,
             backend=self.backend,
             **self._params,
         )
@@ -106,19 +117,35 @@ class RobustLoss(nn.Module):
         parts.append(f"reduction={self.reduction!r}")
         if self.ignore_index != -100:
             parts.append(f"ignore_index={self.ignore_index}")
+        if self.weight is not None:
+            parts.append(f"weight=<[{self.weight.shape[0]}] tensor>")
+        if self.label_smoothing != 0.0:
+            parts.append(f"label_smoothing={self.label_smoothing:g}")
         if self.backend != "auto":
             parts.append(f"backend={self.backend!r}")
         return ", ".join(parts)
 
 
 def _make_class(spec: LossSpec) -> type:
-    def __init__(self, *, epsilon=0.0, reduction="mean", ignore_index=-100, backend="auto", **params):
+    def __init__(
+        self,
+        *,
+        epsilon=0.0,
+        reduction="mean",
+        ignore_index=-100,
+        weight=None,
+        label_smoothing=0.0,
+        backend="auto",
+        **params,
+    ):
         RobustLoss.__init__(
             self,
             spec.name,
             epsilon=epsilon,
             reduction=reduction,
             ignore_index=ignore_index,
+            weight=weight,
+            label_smoothing=label_smoothing,
             backend=backend,
             **params,
         )
@@ -128,6 +155,8 @@ def _make_class(spec: LossSpec) -> type:
         inspect.Parameter("epsilon", inspect.Parameter.KEYWORD_ONLY, default=0.0),
         inspect.Parameter("reduction", inspect.Parameter.KEYWORD_ONLY, default="mean"),
         inspect.Parameter("ignore_index", inspect.Parameter.KEYWORD_ONLY, default=-100),
+        inspect.Parameter("weight", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("label_smoothing", inspect.Parameter.KEYWORD_ONLY, default=0.0),
         inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="auto"),
     ]
     extra = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default) for p in spec.params]
@@ -137,7 +166,8 @@ def _make_class(spec: LossSpec) -> type:
         f"    {spec.citation}.\n\n"
         "    Hyper-parameters:\n"
         + param_docs(spec)
-        + "\n    See :class:`RobustLoss` for epsilon, reduction, ignore_index and backend.\n"
+        + "\n    See :class:`RobustLoss` for epsilon, reduction, ignore_index, weight, label_smoothing\n"
+        "    and backend.\n"
     )
     return type(spec.class_name, (RobustLoss,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 

@@ -15,7 +15,9 @@ def test_class_per_loss(name):
     assert issubclass(cls, rk.RobustLoss) and issubclass(cls, torch.nn.Module)
     sig = inspect.signature(cls)
     assert [p.name for p in spec.params] == [
-        n for n in sig.parameters if n not in ("epsilon", "reduction", "ignore_index", "backend")
+        n
+        for n in sig.parameters
+        if n not in ("epsilon", "reduction", "ignore_index", "weight", "label_smoothing", "backend")
     ]
     crit = cls(epsilon=1.2, backend="torch")
     x, y = torch.randn(4, 9, dtype=torch.float64), torch.randint(0, 9, (4,))
@@ -29,6 +31,17 @@ def test_repr():
         "RobustLoss('mae', scale=2, epsilon=0.5, reduction='sum', ignore_index=3, backend='torch')"
     )
     assert repr(rk.CELoss()) == "CELoss(epsilon=0, reduction='mean')"
+
+
+def test_weight_is_a_buffer_and_label_smoothing_is_passed_on():
+    weight = torch.rand(5, dtype=torch.float64)
+    crit = rk.CELoss(weight=weight, label_smoothing=0.1, reduction="sum", backend="torch")
+    assert "weight" in dict(crit.named_buffers())
+    assert repr(crit) == "CELoss(epsilon=0, reduction='sum', weight=<[5] tensor>, label_smoothing=0.1, backend='torch')"
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 5, (6,))
+    want = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1, reduction="sum")(x, y)
+    torch.testing.assert_close(crit(x, y), want)
+    assert crit.to(torch.float32).weight.dtype == torch.float32
 
 
 def test_per_call_epsilon_and_schedulable_attribute():
