@@ -20,26 +20,33 @@ def _terms_text(spec: LossSpec) -> str:
     return " + ".join(parts)
 
 
+def _soft_text(supported: bool) -> str:
+    return "yes" if supported else "no (raises)"
+
+
 def losses_table() -> str:
     lines = [
-        "| name | module | per-sample loss | terms | parameters (default, valid range) | source |",
-        "|---|---|---|---|---|---|",
+        "| name | module | per-sample loss | terms | parameters (default, valid range) | soft targets | source |",
+        "|---|---|---|---|---|---|---|",
     ]
     for spec in LOSSES.values():
         lines.append(
             f"| `{spec.name}` | `{spec.class_name}` | `{spec.formula}` | {_terms_text(spec)} | "
-            f"{_params_text(spec.params)} | {spec.citation} |"
+            f"{_params_text(spec.params)} | {_soft_text(spec.soft_targets)} | {spec.citation} |"
         )
     return "\n".join(lines)
 
 
 def primitives_table() -> str:
     lines = [
-        "| primitive | term | parameters (default for `combine`, valid range) | normalised form of |",
-        "|---|---|---|---|",
+        "| primitive | term | parameters (default for `combine`, valid range) | normalised form of | soft targets |",
+        "|---|---|---|---|---|",
     ]
     for prim in PRIMITIVES.values():
-        lines.append(f"| `{prim.name}` | `{prim.formula}` | {_params_text(prim.params)} | {prim.normalizes or '—'} |")
+        lines.append(
+            f"| `{prim.name}` | `{prim.formula}` | {_params_text(prim.params)} | {prim.normalizes or '—'} "
+            f"| {_soft_text(prim.soft_targets)} |"
+        )
     return "\n".join(lines)
 
 
