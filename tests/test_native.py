@@ -1,8 +1,12 @@
-"""The native backend (robustkernels._C, CPU kernels) against the float64 reference.
+"""What is particular to the native backend (robustkernels._C): its op schemas and generated
+tables, opcheck, the in-place scaling op, the gradient buffer's lifetime, bit-identical results
+across strides and thread counts, torch.compile, the op's own argument checks, and the CUDA
+kernels where a GPU is present. The behaviour every backend shares (values, gradients, edge
+cases, autograd) is tests/test_behaviour.py.
 
-Every comparison runs the reference on the same quantised inputs as the kernel (the logits cast
-to float64 after rounding to the tested dtype), so tolerances reflect only fp32 arithmetic and
-the final rounding of the gradient to the input dtype.
+Comparisons run the reference on the same quantised inputs as the kernel (the logits cast to
+float64 after rounding to the tested dtype), so tolerances reflect only fp32 arithmetic and the
+final rounding of the gradient to the input dtype.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import pytest
 import torch
 
 import robustkernels as rk
-from robustkernels import _torch_backend, native
+from robustkernels import native
 from robustkernels.specs import KERNEL_SLOTS, PRIMITIVES
 
 pytestmark = pytest.mark.skipif(
@@ -78,197 +82,6 @@ def test_slot_tables_match_specs():
     assert [OPS.slot_name(i) for i in range(OPS.num_slots())] == list(KERNEL_SLOTS)
     assert [OPS.primitive_name(p.bit) for p in PRIMITIVES.values()] == list(PRIMITIVES)
     assert OPS.primitive_name(len(PRIMITIVES)) == ""
-
-
-@pytest.mark.parametrize("eps_case", ["0", "1.7", "per-row"])
-@pytest.mark.parametrize("k", [7, 13, 1000, 4099])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", LOSS_NAMES)
-def test_matches_float64_reference(name, dtype, k, eps_case):
-    """Values and gradients (random per-row upstream gradient) vs the reference and the
-    independent NumPy oracle, on the same quantised inputs."""
-    n = 6
-    logits, target = _inputs(n, k, dtype, seed=k)
-    eps = _eps(eps_case, n)
-    upstream = torch.rand(n, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    loss, grad = _run("native", logits, target, name, eps, upstream=upstream)
-    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    assert grad.dtype == dtype
-    ref_loss, ref_grad = _run("torch", logits.double(), target, name, eps, upstream=upstream)
-    _assert_close(loss, grad, ref_loss, ref_grad, dtype)
-    if k <= 1000:  # the NumPy oracle is slow on the widest rows; the reference covers them
-        eps_np = eps.numpy() if isinstance(eps, torch.Tensor) else eps
-        spec = rk.get_spec(name)
-        want_loss, want_grad = independent.loss_and_grad(
-            name, spec.defaults, logits.double().numpy(), target.numpy(), eps_np
-        )
-        _assert_close(loss, grad, want_loss, want_grad * upstream.numpy()[:, None], dtype)
-
-
-OTHER_PARAMS = independent.NON_DEFAULT_PARAMS
-BITEMP_CASES = [
-    {"t1": 0.5, "t2": 1.5, "num_iters": 5},
-    {"t1": 0.8, "t2": 1.2, "num_iters": 30},
-    {"t1": 1.0, "t2": 1.0, "num_iters": 5},
-    {"t1": 0.5, "t2": 1.0, "num_iters": 5},
-    {"t1": 0.2, "t2": 0.5, "num_iters": 5},
-    {"t1": 1.5, "t2": 0.7, "num_iters": 5},
-]
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize(
-    "name, prm",
-    [(n, p) for n, p in OTHER_PARAMS.items()] + [("bitemp", p) for p in BITEMP_CASES],
-    ids=lambda v: v if isinstance(v, str) else "-".join(f"{a}={b}" for a, b in v.items()),
-)
-@pytest.mark.parametrize("k", [29, 1500])
-def test_other_parameters(name, prm, dtype, k):
-    logits, target = _inputs(5, k, dtype, seed=3)
-    loss, grad = _run("native", logits, target, name, 0.9, **prm)
-    ref_loss, ref_grad = _run("torch", logits.double(), target, name, 0.9, **prm)
-    _assert_close(loss, grad, ref_loss, ref_grad, dtype)
-
-
-COMBINATIONS = {
-    "nfl+ngce+nce+agce": rk.combine({"nfl": 1.0, "ngce": 0.5, "nce": 0.3, "agce": 0.2}),
-    "nfl+ngce": rk.combine({"nfl": 0.8, "ngce": 1.7}, nfl={"gamma": 1.9}, ngce={"q": 0.25}),
-    "every-label-primitive": rk.combine({n: 0.1 * (i + 1) for i, n in enumerate(PRIMITIVES) if n != "bitemp"}),
-}
-
-
-@pytest.mark.parametrize("k", [7, 1000])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("combo", list(COMBINATIONS))
-def test_combinations_match_the_reference(combo, dtype, k):
-    """combine(...) runs on the kernels without a rebuild, several normalised forms at once
-    (their per-element gradient terms add), with a class of p = 0 (the normalised forms of ce
-    and focal are 0 there, ngce's is not), an ignored row and per-row eps."""
-    spec = COMBINATIONS[combo]
-    n = 6
-    logits, target = _inputs(n, k, dtype, seed=k + 1)
-    logits[2, (target[2] + 1) % k] = -math.inf
-    target[4] = -100
-    eps = _eps("per-row", n)
-    upstream = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    loss, grad = _run("native", logits, target, spec, eps, upstream=upstream)
-    ref_loss, ref_grad = _run("torch", logits.double(), target, spec, eps, upstream=upstream)
-    _assert_close(loss, grad, ref_loss, ref_grad, dtype)
-    assert torch.equal(grad[4], torch.zeros_like(grad[4]))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", LOSS_NAMES)
-def test_confident_rows_do_not_cancel(name, dtype):
-    """p_y -> 1: the label gradient p_y - 1 (and 1 - p_y^q ...) must keep its relative accuracy."""
-    logits, target = _inputs(4, 50, dtype, seed=9, scale=1.0)
-    logits[torch.arange(4), target] = torch.tensor([12.0, 16.0, 20.0, 24.0], dtype=dtype)
-    loss, grad = _run("native", logits, target, name, 0.5)
-    ref_loss, ref_grad = _run("torch", logits.double(), target, name, 0.5)
-    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-4, atol=1e-30)
-    # elementwise relative accuracy of the label entries (tiny numbers, no absolute slack)
-    rows = torch.arange(4)
-    tol = 2e-4 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(grad[rows, target].double(), ref_grad[rows, target], rtol=tol, atol=1e-30)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("name", LOSS_NAMES)
-def test_special_rows_follow_the_policy(name, dtype):
-    """NaN rows, all -inf rows, -inf at non-label positions, ignored rows holding garbage and
-    invalid labels: the same loss and gradient as the torch backend (NaN where it is NaN)."""
-    k = 9
-    logits, target = _inputs(8, k, dtype, seed=4)
-    logits[0, 3] = math.nan  # NaN row -> NaN
-    logits[1] = -math.inf  # all -inf -> NaN
-    logits[2, (target[2] + 1) % k] = -math.inf  # one class with p = 0
-    logits[3, [(target[3] + 1) % k, (target[3] + 2) % k]] = -math.inf
-    target[4] = -100  # ignored, holding NaN and inf
-    logits[4, 0], logits[4, 1] = math.nan, math.inf
-    logits[5, (target[5] + 1) % k] = math.inf  # +inf: log_softmax is NaN -> NaN row
-    target[6] = k  # invalid: out of range
-    target[7] = -3  # invalid: negative, not ignore_index
-    for reduction in ("none", "sum"):
-        got = []
-        for fn in (native.robust_loss, _torch_backend.robust_loss):
-            # the backend functions directly: robust_loss would raise on the invalid labels
-            x = logits.clone().requires_grad_()
-            out = fn(x, target, rk.get_spec(name), rk.get_spec(name).resolve({}), 1.3, reduction, -100)
-            out.sum().backward()
-            got.append((out.detach(), x.grad))
-        (loss, grad), (ref_loss, ref_grad) = got
-        torch.testing.assert_close(loss.double(), ref_loss.double(), rtol=1e-5, atol=1e-6, equal_nan=True)
-        torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=1e-5, atol=1e-6, equal_nan=True)
-    assert torch.isnan(grad[[0, 1, 5, 6, 7]]).all() and torch.equal(grad[4], torch.zeros_like(grad[4]))
-
-
-@pytest.mark.parametrize("name", ["ce", "nce", "nfl", "nce_agce", "bitemp"])
-@pytest.mark.parametrize("k", [37, 4099])
-def test_far_from_zero_logits(name, k):
-    """Logits around -120 behind a block of -inf (the max must be the true max, or exp underflows),
-    and around +3e4 (NCE's sum of log p must not be formed as sum z - K m, which cancels)."""
-    for offset, minus_inf_cols in ((-120.0, 8), (3e4, 0)):
-        logits, target = _inputs(3, k, torch.float32, seed=5, scale=1.0)
-        logits += offset
-        logits[:, :minus_inf_cols] = -math.inf
-        target[:] = torch.tensor([k - 1, k // 2, minus_inf_cols])
-        got, want = _run("native", logits, target, name, 0.5), _run("torch", logits.double(), target, name, 0.5)
-        _assert_close(*got, *want, torch.float32)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("name", ["mae", "nce_agce", "nf_mae", "bitemp"])
-def test_reductions_and_ignore_index(name, reduction):
-    logits, target = _inputs(10, 31, torch.float32, seed=8)
-    target[[1, 4, 5]] = 3  # ignore_index=3 below: these rows are skipped and not counted
-    got, want = [], []
-    for backend, out in (("native", got), ("torch", want)):
-        x = logits.clone().requires_grad_()
-        loss = rk.robust_loss(x, target, name, epsilon=0.7, reduction=reduction, ignore_index=3, backend=backend)
-        (2.5 * loss).backward()
-        out += [loss.detach(), x.grad]
-    _assert_close(got[0], got[1], want[0], want[1], torch.float32)
-    assert torch.equal(got[1][[1, 4, 5]], torch.zeros(3, 31))
-
-
-def test_mean_of_all_ignored_rows_is_nan_with_zero_gradient():
-    logits, _ = _inputs(4, 10, torch.float32)
-    target = torch.full((4,), -100)
-    x = logits.clone().requires_grad_()
-    loss = rk.robust_loss(x, target, "gce", backend="native")
-    loss.backward()
-    assert torch.isnan(loss) and torch.equal(x.grad, torch.zeros_like(x.grad))
-
-
-def test_per_row_epsilon_gradient():
-    logits, target = _inputs(6, 20, torch.float64, seed=2)
-    target[2] = -100
-    got = []
-    for backend in ("native", "torch"):
-        x = logits.clone().requires_grad_()
-        eps = _eps("per-row", 6).requires_grad_()
-        loss = rk.robust_loss(x, target, "nce_agce", epsilon=eps, reduction="sum", backend=backend)
-        loss.backward()
-        got.append((x.grad, eps.grad))
-    torch.testing.assert_close(got[0][0], got[1][0], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got[0][1], got[1][1], rtol=1e-10, atol=1e-12)
-    assert got[0][1][2] == 0
-
-
-@pytest.mark.parametrize("name", LOSS_NAMES)
-def test_gradcheck_float64(name):
-    """Finite differences through the op, logits and per-row eps. bitemp's implicit gradient
-    is exact only for a converged normalisation: 200 fixed-point steps."""
-    logits, target = _inputs(4, 6, torch.float64, seed=11, scale=1.0)
-    target[1] = -100
-    prm = {"num_iters": 200} if name == "bitemp" else {}
-    eps = _eps("per-row", 4).requires_grad_()
-    for reduction in ("none", "mean"):
-
-        def f(x, e, reduction=reduction):
-            return rk.robust_loss(x, target, name, epsilon=e, reduction=reduction, backend="native", **prm)
-
-        assert torch.autograd.gradcheck(f, [logits.clone().requires_grad_(), eps], eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
 def test_gradcheck_bitemp_below_one_with_zero_probabilities():
@@ -358,30 +171,6 @@ def test_gradient_is_a_fresh_buffer_and_inputs_are_untouched():
     loss.backward()
     assert x.grad.data_ptr() != x.data_ptr()
     assert torch.equal(x.detach(), logits) and torch.equal(eps, eps_before)
-
-
-@pytest.mark.parametrize("name", [n for n in rk.LOSSES if n != "bitemp"])
-@pytest.mark.parametrize("eps_case", ["1.3", "per-row"])
-def test_double_backward_matches_torch(name, eps_case):
-    """create_graph=True: the gradient is differentiable (through the reference), so gradient
-    penalties and Hessian-vector products agree with the torch backend, per-row eps included."""
-    logits, target = _inputs(4, 6, torch.float64)
-    target[1] = -100  # an ignored row
-    prm = OTHER_PARAMS.get(name, {})
-    results = {}
-    for backend in ("native", "torch"):
-        x = logits.clone().requires_grad_()
-        eps = _eps(eps_case, 4)
-        eps = eps.clone().requires_grad_() if isinstance(eps, torch.Tensor) else eps
-        upstream = torch.linspace(0.5, 2.0, 4, dtype=torch.float64)
-        rows = rk.robust_loss(x, target, name, epsilon=eps, reduction="none", backend=backend, **prm)
-        (g,) = torch.autograd.grad(rows, x, upstream, create_graph=True)
-        penalty = (g * torch.cos(torch.arange(24.0, dtype=torch.float64).view(4, 6))).sum()
-        inputs = [x, eps] if isinstance(eps, torch.Tensor) else [x]
-        results[backend] = (g.detach(), *(t.detach() for t in torch.autograd.grad(penalty, inputs)))
-    for got, want in zip(results["native"], results["torch"]):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    assert results["native"][1].abs().sum() > 0, "second derivatives must not vanish"
 
 
 def test_gradgradcheck_and_bitemp_refuses_double_backward():
