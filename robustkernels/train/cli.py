@@ -1,5 +1,6 @@
 """Command line: ``python -m robustkernels.train [--config X.yaml] [--flags]``, ``... demo [--quick]`` or
-``... throughput [--flags]`` (images/s and the expected time per epoch).
+``... throughput [--flags]`` (images/s and the expected time per epoch) or ``... table [--quick]``
+(the resumable Table-2-style grid of every loss x K x noise x seed).
 
 Errors that are the user's to fix (a bad setting, an unusable checkpoint, a resume with changed
 settings, a diverged run) are printed as one line without a traceback; the exit status is 2 for
@@ -33,6 +34,10 @@ def _dispatch(argv: list[str]) -> int:
         from .demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["table"]:
+        from .table import main as table_main
+
+        return table_main(argv[1:])
     if argv[:1] == ["throughput"]:
         from .throughput import main as throughput_main
 

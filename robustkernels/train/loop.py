@@ -44,6 +44,11 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # before every checkpoint, so no checkpoint ever holds a diverged model).
 _FINITE_CHECK_EVERY = 50
 
+# At most this many mislabelled training images are evaluated per epoch for the memorised share:
+# the noise draw is random, so the first ones by index are an unbiased sample, and the cost stays
+# a bounded fraction of an epoch on large training sets.
+_MEMORISED_MAX = 10000
+
 
 class _FixedEpsilon:
     """Stand-in for :class:`robustkernels.schedules.EpsilonScheduler` when eps does not change."""
@@ -139,6 +144,19 @@ def evaluate(model: nn.Module, dataset, ctx: DistContext, cfg: TrainConfig, batc
     model.train()
     top1, top5, n = counts.tolist()
     return {"top1": 100.0 * top1 / max(n, 1.0), "top5": 100.0 * top5 / max(n, 1.0)}
+
+
+def _mislabelled_subset(train_set, flipped: np.ndarray) -> TensorDataset | None:
+    """The training images whose noisy label differs from the clean one, with their wrong labels.
+
+    Its top-1 "accuracy" is the share of wrong labels the model has memorised. ``None`` without
+    label noise, and for datasets read from files (their training transforms augment).
+    """
+    if not isinstance(train_set, TensorDataset) or not flipped.any():
+        return None
+    idx = torch.from_numpy(np.flatnonzero(flipped)[:_MEMORISED_MAX])
+    images, labels = train_set.batch(idx)
+    return TensorDataset(images, labels, train_set.num_classes)
 
 
 def _sync(device: torch.device) -> None:
@@ -257,6 +275,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dataset=cfg.noise_mapping or bundle.asym_mapping,
     )
     train_set = bundle.train.with_targets(torch.as_tensor(noisy.labels))
+    mislabelled = _mislabelled_subset(train_set, noisy.flipped)
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -458,6 +477,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             for name, val in bundle.vals.items():
                 for metric, value in evaluate(net, val, ctx, cfg, per_rank).items():
                     record[f"{name}_{metric}"] = value
+            if mislabelled is not None:
+                # Share (%) of the mislabelled training images predicted as their wrong label.
+                record["train_memorised"] = evaluate(net, mislabelled, ctx, cfg, per_rank)["top1"]
         epoch_log.write(record)
         if progress is not None:
             progress.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False)
