@@ -7,8 +7,8 @@ class count ``K = 10**digits``, the label noise and the seed change; no loss is 
 
 Published hyper-parameters depend on the dataset they were published for. Runs with ``K <= 10``
 take the CIFAR-10 values, runs with more classes the CIFAR-100 values (the largest class count
-any of these losses was published for with a full set of values); see
-``/work/shared/reference/losses.md`` section 2.1 and :data:`PUBLISHED`.
+any of these losses was published for with a full set of values): the authors' configuration
+files for CIFAR-10 / CIFAR-100 (APL, AGCE, the logit-bias paper), collected in :data:`PUBLISHED`.
 
 The "new" active-passive combination in the grid is ``nce_rce`` (NCE + RCE). Rule: among the
 combinations the library offers beyond the paper's own NF-MAE and NCE-AGCE, take the one the APL
