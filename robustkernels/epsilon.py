@@ -283,7 +283,15 @@ def _check_eps_draws(samples: int, num_classes: int, logit_std: float) -> None:
     )
 
 
-@torch._dynamo.assume_constant_result
+def _assume_constant_result(fn: Callable) -> Callable:
+    """``torch._dynamo.assume_constant_result`` without importing Dynamo: it only sets this
+    marker, and the import costs about 4 s on every ``import robustkernels`` (measured with
+    ``python -X importtime``), a cost every worker process and command-line call would pay."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def epsilon_for_classes(
     num_classes: int,
     target: float = 0.15,

@@ -314,3 +314,14 @@ def test_docs_state_the_bitemp_differences():
     assert "Google's gradient is NaN" in bullet
     notes = rk.LOSSES["bitemp"].notes
     assert "Google runs num_iters bisection steps" in notes and "NaN" in notes
+
+
+def test_epsilon_for_classes_carries_dynamos_constant_marker():
+    """robustkernels.epsilon sets the marker of torch._dynamo.assume_constant_result itself, so that
+    importing the package does not import Dynamo: the marker must be the one this torch reads."""
+    from torch._dynamo.decorators import assume_constant_result
+
+    marked = assume_constant_result(lambda: 0)
+    names = [name for name in vars(marked) if name.startswith("_dynamo")]
+    assert names == ["_dynamo_marked_constant"]
+    assert rk.epsilon_for_classes._dynamo_marked_constant is True
