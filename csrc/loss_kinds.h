@@ -30,6 +30,10 @@ constexpr unsigned kKnownTerms = 0x3fffu;
 constexpr unsigned kNormalizedTerms = (1u << kNCE) | (1u << kNFL) | (1u << kNGCE);
 // Has its own softmax: never combined with another primitive.
 constexpr unsigned kBiTempTerms = (1u << kBITEMP);
+// With a one-pass expected loss over a target distribution (specs.SOFT_TARGET_TERMS), and of
+// those the primitives of log p_y alone (no row sums).
+constexpr unsigned kSoftTargetTerms = (1u << kCE) | (1u << kMAE) | (1u << kGCE) | (1u << kAGCE) | (1u << kAUL) | (1u << kAEL) | (1u << kRCE) | (1u << kFOCAL) | (1u << kNCE) | (1u << kNMAE) | (1u << kNRCE);
+constexpr unsigned kLabelOnlyTerms = (1u << kCE) | (1u << kMAE) | (1u << kGCE) | (1u << kAGCE) | (1u << kAUL) | (1u << kAEL) | (1u << kRCE) | (1u << kFOCAL) | (1u << kNMAE) | (1u << kNRCE);
 
 // Index of each value in the op's params: robustkernels.specs.KERNEL_SLOTS.
 constexpr int kSlot_ce_weight           = 0;
@@ -95,6 +99,21 @@ RK_HD void for_each_term(unsigned mask, const T* s, Terms& t) {
   if (mask & (1u << kNCE)) t.nce(s[kSlot_nce_weight]);
   if (mask & (1u << kNFL)) t.nfl(s[kSlot_nfl_weight], s[kSlot_nfl_gamma]);
   if (mask & (1u << kNGCE)) t.ngce(s[kSlot_ngce_weight], s[kSlot_ngce_q]);
+  if (mask & (1u << kNMAE)) t.nmae(s[kSlot_nmae_weight]);
+  if (mask & (1u << kNRCE)) t.nrce(s[kSlot_nrce_weight], s[kSlot_nrce_A]);
+}
+
+// t.<primitive>(its slots) for the primitives of `mask` in kLabelOnlyTerms, in bit order.
+template <class T, class Terms>
+RK_ELEM void for_each_label_term(unsigned mask, const T* s, Terms& t) {
+  if (mask & (1u << kCE)) t.ce(s[kSlot_ce_weight]);
+  if (mask & (1u << kMAE)) t.mae(s[kSlot_mae_weight]);
+  if (mask & (1u << kGCE)) t.gce(s[kSlot_gce_weight], s[kSlot_gce_q]);
+  if (mask & (1u << kAGCE)) t.agce(s[kSlot_agce_weight], s[kSlot_agce_a], s[kSlot_agce_q]);
+  if (mask & (1u << kAUL)) t.aul(s[kSlot_aul_weight], s[kSlot_aul_a], s[kSlot_aul_q], s[kSlot_aul_a_minus_1]);
+  if (mask & (1u << kAEL)) t.ael(s[kSlot_ael_weight], s[kSlot_ael_a]);
+  if (mask & (1u << kRCE)) t.rce(s[kSlot_rce_weight], s[kSlot_rce_A]);
+  if (mask & (1u << kFOCAL)) t.focal(s[kSlot_focal_weight], s[kSlot_focal_gamma]);
   if (mask & (1u << kNMAE)) t.nmae(s[kSlot_nmae_weight]);
   if (mask & (1u << kNRCE)) t.nrce(s[kSlot_nrce_weight], s[kSlot_nrce_A]);
 }

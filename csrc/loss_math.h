@@ -41,8 +41,13 @@
 
 #if defined(__CUDACC__)
 #define RK_HD __host__ __device__ __forceinline__
+#define RK_ELEM RK_HD
 #else
 #define RK_HD inline
+// Elementwise math called once per vector of a row: inlined into the pass, so that its
+// intermediates stay in registers (a call per vector spills every vector register, all of them
+// caller-saved; measured 3x slower on the soft-target class pass).
+#define RK_ELEM inline __attribute__((always_inline))
 #endif
 
 // Primitive bits, slot indices and the term dispatch, generated from robustkernels/specs.py.
@@ -98,6 +103,9 @@ struct Ops<float> {
   static RK_HD float max(float a, float b) { return (a != a || a > b) ? a : b; }
   static RK_HD float clamp_min(float x, float low) { return x < low ? low : x; }
   static RK_HD float select_gt(float x, float threshold, float yes, float no) { return x > threshold ? yes : no; }
+  // x != 0 ? v : 0 (NaN x keeps v): a term of coefficient 0 contributes exactly 0, even where v
+  // is inf or NaN.
+  static RK_HD float select_nonzero(float x, float v) { return x != 0.0f ? v : 0.0f; }
 };
 
 template <>
@@ -110,6 +118,7 @@ struct Ops<double> {
   static RK_HD double max(double a, double b) { return (a != a || a > b) ? a : b; }
   static RK_HD double clamp_min(double x, double low) { return x < low ? low : x; }
   static RK_HD double select_gt(double x, double threshold, double yes, double no) { return x > threshold ? yes : no; }
+  static RK_HD double select_nonzero(double x, double v) { return x != 0.0 ? v : 0.0; }
 };
 
 template <class T>
@@ -136,7 +145,7 @@ RK_HD V exp_t(V u, T t) {
 //   * p log p / (1 - p) -> -1 as p -> 1 and -> 0 as p -> 0; both limits are selected
 //     explicitly because the quotient is 0/0 or 0 * inf there.
 template <class V, class T>
-RK_HD V focal_weight(V lp, T gamma) {
+RK_ELEM V focal_weight(V lp, T gamma) {
   using O = Ops<V>;
   if (gamma == T(0)) return V(T(1));
   return O::exp(V(gamma) * O::log(V(T(0)) - O::expm1(lp)));
@@ -144,7 +153,7 @@ RK_HD V focal_weight(V lp, T gamma) {
 
 // h from log p, p and w = (1 - p)^gamma already at hand.
 template <class V, class T>
-RK_HD V focal_h_from(V lp, V p, V w, T gamma) {
+RK_ELEM V focal_h_from(V lp, V p, V w, T gamma) {
   using O = Ops<V>;
   const V one_minus_p = V(T(0)) - O::expm1(lp);
   V ratio = O::select_gt(one_minus_p, V(T(0)), p * lp / one_minus_p, V(T(-1)));
@@ -153,7 +162,7 @@ RK_HD V focal_h_from(V lp, V p, V w, T gamma) {
 }
 
 template <class V, class T>
-RK_HD V focal_h(V lp, T gamma) {
+RK_ELEM V focal_h(V lp, T gamma) {
   return focal_h_from(lp, Ops<V>::exp(lp), focal_weight(lp, gamma), gamma);
 }
 
@@ -162,7 +171,7 @@ RK_HD V focal_h(V lp, T gamma) {
 // (the ngce default is q = 0.1) and as p -> 1; p^q from exp, not 1 + expm1, which loses a small
 // p^q.
 template <class V, class T>
-RK_HD V one_minus_pow(V lp, T q, V& pow_q) {
+RK_ELEM V one_minus_pow(V lp, T q, V& pow_q) {
   const V x = V(q) * lp;
   pow_q = Ops<V>::exp(x);
   return V(T(0)) - Ops<V>::expm1(x);
@@ -197,74 +206,92 @@ struct RowCoeffs {
   T pq = 0;   // coefficient of p_j^q, q of ngce (ngce)
 };
 
-// The primitives of weight w; for_each_term (generated) calls the ones of the mask with their
-// slots. Losses of p_y only: L = f(log p_y) has dL/dz_j = -f'(log p_y) (p_j - [j == y]), so
-// c_pm = -f'. Every 1 - p_y is -expm1(log p_y).
-template <class T>
-struct Terms {
-  using O = Ops<T>;
-  RowCoeffs<T>& c;
-  const RowStats<T>& s;
-  T lpy, py, one_minus_py;
+// The primitives of log p_y alone, of weight w, each adding its value to `loss` and to `pm` the
+// coefficient c_pm of its gradient: L = f(log p_y) has dL/dz_j = -f'(log p_y) (p_j - [j == y]),
+// so c_pm = -f' (f' the derivative with respect to log p). Every 1 - p_y is given from
+// -expm1(log p_y) or an equally accurate form. V is T for one label (the integer-label rows) or
+// a vector of T (the soft-target rows evaluate every class at once, at log q_k): the parameters
+// stay scalars of T, and what depends on them only is formed once, in T.
+template <class T, class V = T>
+struct LabelTerms {
+  using O = Ops<V>;
+  using S = Ops<T>;
+  V& loss;
+  V& pm;
+  int64_t K;
+  V lpy, py, one_minus_py;
 
-  RK_HD void ce(T w) {
-    c.loss += w * -lpy;
-    c.pm += w;
+  RK_ELEM void ce(T w) {
+    loss = loss - V(w) * lpy;
+    pm = pm + V(w);
   }
-  RK_HD void mae(T w) {  // w (1 - p_y)
-    c.loss += w * one_minus_py;
-    c.pm += w * py;
+  RK_ELEM void mae(T w) {  // w (1 - p_y)
+    loss = loss + V(w) * one_minus_py;
+    pm = pm + V(w) * py;
   }
-  RK_HD void gce(T w, T q) {  // (1 - p_y^q) / q
-    c.loss += w * -O::expm1(q * lpy) / q;
-    c.pm += w * O::exp(q * lpy);
+  RK_ELEM void gce(T w, T q) {  // (1 - p_y^q) / q
+    loss = loss + V(w) * (V(T(0)) - O::expm1(V(q) * lpy)) / V(q);
+    pm = pm + V(w) * O::exp(V(q) * lpy);
   }
-  RK_HD void agce(T w, T a, T q) {
+  RK_ELEM void agce(T w, T a, T q) {
     // (a+1)^q - (a+p)^q = -(a+1)^q expm1(q l), l = log((a+p)/(a+1)): no cancellation near
     // p = 1. l is log1p(-(1-p)/(a+1)) while the ratio r = (a+p)/(a+1) is >= 1/2, and log r
     // below: as a -> 0 and p -> 0 the argument of log1p tends to -1, and 1 + x keeps only
     // ulp(1) / r of its relative accuracy (5e-3 error in the loss at a = 1e-7, q = 1e-8 and
     // p_y = 1e-6, where the loss tends to log(1/r)).
-    const T a_plus_p = a + py;
-    const T ratio = a_plus_p / (a + T(1));
-    const T l = ratio < T(0.5) ? O::log(ratio) : O::log1p(-one_minus_py / (a + T(1)));
-    c.loss += w * -O::exp(q * O::log(a + T(1))) * O::expm1(q * l) / q;
-    c.pm += w * O::exp((q - T(1)) * O::log(a_plus_p)) * py;
+    const V a_plus_p = V(a) + py;
+    const V ratio = a_plus_p / V(a + T(1));
+    const V l = O::select_gt(V(T(0.5)), ratio, O::log(ratio), O::log1p((V(T(0)) - one_minus_py) / V(a + T(1))));
+    loss = loss + V(w * -S::exp(q * S::log(a + T(1)))) * O::expm1(V(q) * l) / V(q);
+    pm = pm + V(w) * O::exp(V(q - T(1)) * O::log(a_plus_p)) * py;
   }
   // The loss and gradient read a - 1 (the derived slot formed on the host), never a - 1 of
   // the rounded a.
-  RK_HD void aul(T w, T /*a*/, T q, T a_minus_1) {
+  RK_ELEM void aul(T w, T /*a*/, T q, T a_minus_1) {
     // (a-p)^q - (a-1)^q = (a-1)^q expm1(q log1p((1-p)/(a-1))), and a - p = (a-1) + (1-p): both
     // parts positive, where a - p itself would cancel for a -> 1 and p -> 1.
-    const T am1q = O::exp(q * O::log(a_minus_1));
-    c.loss += w * am1q * O::expm1(q * O::log1p(one_minus_py / a_minus_1)) / q;
-    c.pm += w * O::exp((q - T(1)) * O::log(a_minus_1 + one_minus_py)) * py;
+    const T am1q = S::exp(q * S::log(a_minus_1));
+    loss = loss + V(w * am1q) * O::expm1(V(q) * O::log1p(one_minus_py / V(a_minus_1))) / V(q);
+    pm = pm + V(w) * O::exp(V(q - T(1)) * O::log(V(a_minus_1) + one_minus_py)) * py;
   }
-  RK_HD void ael(T w, T a) {
-    const T e = O::exp(-py / a);
-    c.loss += w * e;
-    c.pm += w * e * py / a;
+  RK_ELEM void ael(T w, T a) {
+    const V e = O::exp((V(T(0)) - py) / V(a));
+    loss = loss + V(w) * e;
+    pm = pm + V(w) * e * py / V(a);
   }
-  RK_HD void rce(T w, T A) {  // -A (1 - p_y)
-    c.loss += w * -A * one_minus_py;
-    c.pm += w * -A * py;
+  RK_ELEM void rce(T w, T A) {  // -A (1 - p_y)
+    loss = loss + V(w * -A) * one_minus_py;
+    pm = pm + V(w * -A) * py;
   }
-  RK_HD void focal(T w, T gamma) {
-    c.loss += w * -focal_weight(lpy, gamma) * lpy;
-    c.pm += w * focal_h(lpy, gamma);
+  RK_ELEM void focal(T w, T gamma) {
+    loss = loss + V(w) * (V(T(0)) - focal_weight(lpy, gamma)) * lpy;
+    pm = pm + V(w) * focal_h(lpy, gamma);
   }
   // mae and rce are symmetric, so their normalised forms are constant rescalings.
-  RK_HD void nmae(T w) {  // (1 - p_y) / (K - 1)
-    mae(w / T(s.K - 1));
+  RK_ELEM void nmae(T w) {  // (1 - p_y) / (K - 1)
+    mae(w / T(K - 1));
   }
-  RK_HD void nrce(T w, T A) {  // (K - 1) / 4 * -A (1 - p_y), as published
-    rce(w * (T(s.K - 1) / T(4)), A);
+  RK_ELEM void nrce(T w, T A) {  // (K - 1) / 4 * -A (1 - p_y), as published
+    rce(w * (T(K - 1) / T(4)), A);
   }
-  RK_HD void nce(T w) { normalized(w, -lpy, T(1), s.ce, c.one); }
+};
+
+// Every primitive but bitemp for one label (for_each_term, generated, calls the ones of the
+// mask with their slots): those of log p_y alone, and the normalised forms, which also read the
+// row sums of their base.
+template <class T>
+struct Terms : LabelTerms<T, T> {
+  using O = Ops<T>;
+  RowCoeffs<T>& c;
+  const RowStats<T>& s;
+
+  RK_HD void nce(T w) { normalized(w, -this->lpy, T(1), s.ce, c.one); }
   RK_HD void nfl(T w, T gamma) {
-    normalized(w, -focal_weight(lpy, gamma) * lpy, focal_h(lpy, gamma), s.focal, c.h);
+    normalized(w, -focal_weight(this->lpy, gamma) * this->lpy, focal_h(this->lpy, gamma), s.focal, c.h);
   }
-  RK_HD void ngce(T w, T q) { normalized(w, -O::expm1(q * lpy) / q, O::exp(q * lpy), s.gce, c.pq); }
+  RK_HD void ngce(T w, T q) {
+    normalized(w, -O::expm1(q * this->lpy) / q, O::exp(q * this->lpy), s.gce, c.pq);
+  }
 
   // w N / D with N = L(log p_y), d_y = -L'(log p_y), D and H the row sums of the base:
   //   d(N / D)/dz_j = d_y / D (p_j - [j == y]) - (N / D) (H / D) p_j + (N / D) / D d_j,
@@ -287,7 +314,7 @@ template <class T>
 RK_HD RowCoeffs<T> row_coeffs(unsigned mask, const T* prm, const RowStats<T>& s) {
   using O = Ops<T>;
   RowCoeffs<T> c;
-  Terms<T> t{c, s, s.lpy, O::exp(s.lpy), -O::expm1(s.lpy)};
+  Terms<T> t{{c.loss, c.pm, s.K, s.lpy, O::exp(s.lpy), -O::expm1(s.lpy)}, c, s};
   for_each_term(mask, prm, t);
   return c;
 }

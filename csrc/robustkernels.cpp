@@ -41,6 +41,17 @@ TORCH_LIBRARY(robustkernels, m) {
   m.def(
       "loss_forward(Tensor logits, Tensor target, Tensor? epsilon_rows, float epsilon, int terms, "
       "float[] params, int ignore_index, int reduction, bool compute_grad) -> (Tensor loss, Tensor grad)");
+  // loss_forward with the drop-in arguments of F.cross_entropy (docs/drop-in.md): target int64 or
+  // int32 labels [N] or a float probability target [N, K]; weight [K] class weights in the compute
+  // dtype (float64 for float64 logits, else float32); label_smoothing alpha in [0, 1]. The row
+  // loss is sum_k u_k L(z + eps e_k, k) with the class coefficients u of the target; mean divides
+  // by sum_i w_{y_i} over non-ignored rows for labels (their count without weight), by N for a
+  // probability target. A probability target or alpha > 0 admits only the primitives of
+  // kSoftTargetTerms; labels with weight and alpha = 0 admit every mask (rows scaled by w_y).
+  m.def(
+      "soft_loss_forward(Tensor logits, Tensor target, Tensor? epsilon_rows, Tensor? weight, float epsilon, "
+      "int terms, float[] params, int ignore_index, float label_smoothing, int reduction, bool compute_grad) "
+      "-> (Tensor loss, Tensor grad)");
   // grad *= grad_output (a scalar, or one factor per row). A scalar equal to 1 -- the common
   // loss.backward() -- is detected on the device and leaves grad untouched, without a host sync.
   m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .specs import KERNEL_SLOTS, PRIMITIVES, Primitive
+from .specs import KERNEL_SLOTS, PRIMITIVES, SOFT_TARGET_TERMS, Primitive
 
 HEADER_PATH = Path(__file__).resolve().parent.parent / "csrc" / "loss_kinds.h"
 COMMAND = "python -m robustkernels._codegen"
@@ -65,6 +65,11 @@ def normalized_mask() -> int:
     return sum(1 << p.bit for p in PRIMITIVES.values() if p.normalizes)
 
 
+def label_only(prim: Primitive) -> bool:
+    """A primitive of log p_y alone with a soft-target form: evaluated per class at log q_k."""
+    return bool(SOFT_TARGET_TERMS >> prim.bit & 1) and not prim.normalizes
+
+
 def _mask_expr(prims: list[Primitive]) -> str:
     return " | ".join(f"(1u << {enum_name(p)})" for p in prims) or "0u"
 
@@ -105,6 +110,10 @@ def header() -> str:
         f"constexpr unsigned kNormalizedTerms = {_mask_expr(normalized)};",
         "// Has its own softmax: never combined with another primitive.",
         f"constexpr unsigned kBiTempTerms = {_mask_expr([own])};",
+        "// With a one-pass expected loss over a target distribution (specs.SOFT_TARGET_TERMS), and of",
+        "// those the primitives of log p_y alone (no row sums).",
+        f"constexpr unsigned kSoftTargetTerms = {_mask_expr([p for p in prims if SOFT_TARGET_TERMS >> p.bit & 1])};",
+        f"constexpr unsigned kLabelOnlyTerms = {_mask_expr([p for p in prims if label_only(p)])};",
         "",
         "// Index of each value in the op's params: robustkernels.specs.KERNEL_SLOTS.",
         *(f"constexpr int {slot_constant(s).ljust(width)} = {i};" for i, s in enumerate(KERNEL_SLOTS)),
@@ -136,6 +145,17 @@ def header() -> str:
             continue
         args = ", ".join(f"s[{slot_constant(s)}]" for s in slots_of(p))
         out.append(f"  if (mask & (1u << {enum_name(p)})) t.{p.name}({args});")
+    out += [
+        "}",
+        "",
+        "// t.<primitive>(its slots) for the primitives of `mask` in kLabelOnlyTerms, in bit order.",
+        "template <class T, class Terms>",
+        "RK_ELEM void for_each_label_term(unsigned mask, const T* s, Terms& t) {",
+    ]
+    for p in prims:
+        if label_only(p):
+            args = ", ".join(f"s[{slot_constant(s)}]" for s in slots_of(p))
+            out.append(f"  if (mask & (1u << {enum_name(p)})) t.{p.name}({args});")
     out += [
         "}",
         "",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ._fused_autograd import FusedOp, OpCall, register_autograd
-from ._numbers import runtime_floats
+from ._numbers import runtime_floats, to_float
 from .reference import compute_dtype
 from .specs import LossSpec
 
@@ -83,6 +83,24 @@ def _fake_loss_forward(
     return loss, grad
 
 
+def _fake_soft_loss_forward(
+    logits: Tensor,
+    target: Tensor,
+    epsilon_rows: Tensor | None,
+    weight: Tensor | None,
+    epsilon: float,
+    terms: int,
+    params: list[float],
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: int,
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    return _fake_loss_forward(
+        logits, target, epsilon_rows, epsilon, terms, params, ignore_index, reduction, compute_grad
+    )
+
+
 def _fake_scale_grad_(grad: Tensor, grad_output: Tensor) -> None:
     return None
 
@@ -99,6 +117,18 @@ def _decode(op_args: tuple) -> OpCall:
     return OpCall(epsilon, terms, slots, ignore_index, _REDUCTION_NAMES[reduction])
 
 
+def _recompute_soft_grad(logits: Tensor, target: Tensor, epsilon_rows: Tensor | None, op_args: tuple) -> Tensor:
+    weight, epsilon, terms, slots, ignore_index, label_smoothing, reduction, _ = op_args
+    return torch.ops.robustkernels.soft_loss_forward(
+        logits, target, epsilon_rows, weight, epsilon, terms, slots, ignore_index, label_smoothing, reduction, True
+    )[1]
+
+
+def _decode_soft(op_args: tuple) -> OpCall:
+    weight, epsilon, terms, slots, ignore_index, label_smoothing, reduction, _ = op_args
+    return OpCall(epsilon, terms, slots, ignore_index, _REDUCTION_NAMES[reduction], weight, label_smoothing)
+
+
 _REDUCTION_NAMES = {code: name for name, code in REDUCTION_CODES.items()}
 
 
@@ -113,6 +143,15 @@ if _LOAD_ERROR is None:
             decode=_decode,
         )
     )
+    torch.library.register_fake("robustkernels::soft_loss_forward")(_fake_soft_loss_forward)
+    register_autograd(
+        FusedOp(
+            op="robustkernels::soft_loss_forward",
+            recompute=_recompute_soft_grad,
+            scale_in_place=torch.ops.robustkernels.scale_grad_,
+            decode=_decode_soft,
+        )
+    )
 
 
 def robust_loss(
@@ -123,8 +162,14 @@ def robust_loss(
     epsilon: float | Tensor,
     reduction: str,
     ignore_index: int,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
-    """The backend contract of :mod:`robustkernels.backends` on ``torch.ops.robustkernels``."""
+    """The backend contract of :mod:`robustkernels.backends` on ``torch.ops.robustkernels``.
+
+    Integer labels without ``weight`` and smoothing call ``loss_forward``; every other call
+    (class weights, label smoothing, a probability target ``[N, K]``) ``soft_loss_forward``.
+    """
     epsilon_rows = epsilon if isinstance(epsilon, Tensor) else None
     if epsilon_rows is not None and epsilon_rows.dtype in (torch.float16, torch.bfloat16):
         # The kernels read biases as float32 or float64; the cast is differentiable, so the
@@ -138,14 +183,29 @@ def robust_loss(
     )
     # The primitives present (the only thing that selects kernel code) and every slot's value.
     terms, slots = spec.kernel_args(params)
-    loss, _ = torch.ops.robustkernels.loss_forward(
+    if weight is None and not target.is_floating_point() and label_smoothing == 0.0:
+        loss, _ = torch.ops.robustkernels.loss_forward(
+            logits,
+            target,
+            epsilon_rows,
+            scalar_epsilon,
+            terms,
+            runtime_floats(slots),
+            ignore_index,
+            REDUCTION_CODES[reduction],
+            needs_grad,
+        )
+        return loss
+    loss, _ = torch.ops.robustkernels.soft_loss_forward(
         logits,
         target,
         epsilon_rows,
+        weight,
         scalar_epsilon,
         terms,
         runtime_floats(slots),
         ignore_index,
+        to_float(label_smoothing),
         REDUCTION_CODES[reduction],
         needs_grad,
     )

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/soft_cpu.h"
 #include "cpu/vec_ops.h"
 #include "op_checks.h"
 
@@ -255,10 +256,11 @@ T copy_biased_row(const scalar_t* z, int64_t K, int64_t y, T bias, T* out) {
   }
 }
 
+// `weight` (nullptr: none) scales row i's loss and gradient by w_{y_i}.
 template <unsigned kV, class scalar_t, class label_t>
-void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::Tensor* eps_rows, double epsilon,
-                  unsigned mask, c10::ArrayRef<double> params, int64_t ignore_index, at::opmath_type<scalar_t> scale,
-                  at::Tensor& rows, scalar_t* grad) {
+void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::Tensor* eps_rows,
+                  const at::opmath_type<scalar_t>* weight, double epsilon, unsigned mask, c10::ArrayRef<double> params,
+                  int64_t ignore_index, at::opmath_type<scalar_t> scale, at::Tensor& rows, scalar_t* grad) {
   using T = at::opmath_type<scalar_t>;
   const int64_t N = logits.size(0), K = logits.size(1);
   const int64_t row_stride = logits.stride(0);
@@ -291,9 +293,70 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
       CpuRow<T, scalar_t> row{buffer.data(), buffer.data() + K, K, label, grad_row, row_max};
       if constexpr ((kV & (1u << kNFL)) != 0) row.aux_h = buffer.data() + 2 * K;
       if constexpr ((kV & (1u << kNGCE)) != 0) row.aux_pq = buffer.data() + (kBuffers - 1) * K;
-      out[i] = row_forward<T, kV>(row, mask, prm, buffer[label], grad_row != nullptr, scale);
+      const T w = weight ? weight[label] : T(1);
+      out[i] = w * row_forward<T, kV>(row, mask, prm, buffer[label], grad_row != nullptr, scale * w);
     }
   });
+}
+
+// The integer-label rows of every mask (loss_math.h's row_forward), each scaled by w_{y_i} when
+// weight is defined; the gradient divided by `denominator` (1 but for mean).
+void label_rows_cpu(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& eps,
+                    const at::Tensor& weight, double epsilon, unsigned mask, c10::ArrayRef<double> params,
+                    int64_t ignore_index, double denominator, at::Tensor& rows, at::Tensor& grad) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "robustkernels_loss_forward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const T row_scale = T(1) / static_cast<T>(denominator);
+    scalar_t* grad_ptr = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+    const at::Tensor* eps_ptr = eps.defined() ? &eps : nullptr;
+    const T* w = weight.defined() ? weight.const_data_ptr<T>() : nullptr;
+    dispatch_variant(mask, [&](auto variant) {
+      constexpr unsigned kV = decltype(variant)::value;
+      if (target.scalar_type() == at::kLong) {
+        forward_rows<kV, scalar_t, int64_t>(logits, target, eps_ptr, w, epsilon, mask, params, ignore_index,
+                                            row_scale, rows, grad_ptr);
+      } else {
+        forward_rows<kV, scalar_t, int32_t>(logits, target, eps_ptr, w, epsilon, mask, params, ignore_index,
+                                            row_scale, rows, grad_ptr);
+      }
+    });
+  });
+}
+
+// What `mean` divides by for labels: sum_i w_{y_i} over the rows whose label is not ignore_index,
+// their count without weight. An invalid label counts 1 without weight (its NaN must reach the
+// mean, as F.cross_entropy's error would) and 0 with it (w_y does not exist; the mean is NaN
+// anyway).
+double label_denominator(const at::Tensor& target, const at::Tensor& weight, int64_t ignore_index) {
+  const at::Tensor labels = target.to(at::kLong).contiguous();
+  const int64_t* l = labels.const_data_ptr<int64_t>();
+  const int64_t N = labels.size(0);
+  if (!weight.defined()) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < N; ++i) count += l[i] != ignore_index;
+    return static_cast<double>(count);
+  }
+  const at::Tensor w = weight.to(at::kDouble);
+  const double* wd = w.const_data_ptr<double>();
+  const int64_t K = w.size(0);
+  double total = 0.0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (l[i] != ignore_index && l[i] >= 0 && l[i] < K) total += wd[l[i]];
+  }
+  return total;
+}
+
+// `reduction` of the per-row losses: serial float64 sum in row order (the same bits whatever the
+// number of threads); mean divides by `denominator` (0 / 0 = NaN when every row is ignored).
+at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction, double denominator) {
+  if (reduction == kNone) return rows;
+  double total = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "robustkernels_loss_reduce", [&] {
+    const scalar_t* r = rows.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < rows.size(0); ++i) total += static_cast<double>(r[i]);
+  });
+  if (reduction == kMean) total /= denominator;
+  return at::scalar_tensor(total, rows.options());
 }
 
 std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& logits_in, const at::Tensor& target,
@@ -301,51 +364,48 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& logits_in,
                                                     int64_t terms, c10::ArrayRef<double> params, int64_t ignore_index,
                                                     int64_t reduction, bool compute_grad) {
   check_forward_inputs(logits_in, target, epsilon_rows, terms, params, reduction);
+  const at::Tensor logits = rows_unit_stride(logits_in);
+  const int64_t N = logits.size(0), K = logits.size(1);
+  const auto acc_dtype = loss_dtype(logits.scalar_type());
+  at::Tensor rows = at::empty({N}, logits.options().dtype(acc_dtype));
+  at::Tensor grad = compute_grad ? at::empty({N, K}, logits.options()) : at::Tensor();
+  at::Tensor eps;
+  if (epsilon_rows.has_value()) eps = epsilon_rows->to(acc_dtype).contiguous();
+  // Rows that count for the mean: every label but ignore_index (invalid ones included, their
+  // NaN must reach the mean), as F.cross_entropy.
+  const double count = reduction == kMean ? label_denominator(target, at::Tensor(), ignore_index) : 1.0;
+  label_rows_cpu(logits, target, eps, at::Tensor(), epsilon, static_cast<unsigned>(terms), params, ignore_index,
+                 count, rows, grad);
+  return {reduce_rows(rows, reduction, count), compute_grad ? grad : at::empty({0}, logits.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor> soft_loss_forward_cpu(
+    const at::Tensor& logits_in, const at::Tensor& target, const std::optional<at::Tensor>& epsilon_rows,
+    const std::optional<at::Tensor>& weight, double epsilon, int64_t terms, c10::ArrayRef<double> params,
+    int64_t ignore_index, double label_smoothing, int64_t reduction, bool compute_grad) {
+  const bool soft =
+      check_soft_inputs(logits_in, target, epsilon_rows, weight, terms, params, label_smoothing, reduction);
   const auto mask = static_cast<unsigned>(terms);
   const at::Tensor logits = rows_unit_stride(logits_in);
   const int64_t N = logits.size(0), K = logits.size(1);
   const auto acc_dtype = loss_dtype(logits.scalar_type());
   at::Tensor rows = at::empty({N}, logits.options().dtype(acc_dtype));
-  at::Tensor grad = compute_grad ? at::empty({N, K}, logits.options()) : at::empty({0}, logits.options());
-  at::Tensor eps;
+  at::Tensor grad = compute_grad ? at::empty({N, K}, logits.options()) : at::Tensor();
+  at::Tensor eps, w;
   if (epsilon_rows.has_value()) eps = epsilon_rows->to(acc_dtype).contiguous();
-
-  // Rows that count for the mean: every label but ignore_index (invalid ones included, their
-  // NaN must reach the mean), as F.cross_entropy.
-  int64_t count = N;
+  if (weight.has_value()) w = weight->contiguous();
+  // mean: sum of w_y over the counted rows for labels, N for a probability target.
+  double denominator = 1.0;
   if (reduction == kMean) {
-    const at::Tensor labels = target.to(at::kLong).contiguous();
-    const int64_t* l = labels.const_data_ptr<int64_t>();
-    count = 0;
-    for (int64_t i = 0; i < N; ++i) count += l[i] != ignore_index;
+    denominator = target.is_floating_point() ? static_cast<double>(N) : label_denominator(target, w, ignore_index);
   }
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "robustkernels_loss_forward", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const T scale = reduction == kMean ? T(1) / static_cast<T>(count) : T(1);
-    scalar_t* grad_ptr = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
-    const at::Tensor* eps_ptr = eps.defined() ? &eps : nullptr;
-    dispatch_variant(mask, [&](auto variant) {
-      constexpr unsigned kV = decltype(variant)::value;
-      if (target.scalar_type() == at::kLong) {
-        forward_rows<kV, scalar_t, int64_t>(logits, target, eps_ptr, epsilon, mask, params, ignore_index, scale, rows,
-                                            grad_ptr);
-      } else {
-        forward_rows<kV, scalar_t, int32_t>(logits, target, eps_ptr, epsilon, mask, params, ignore_index, scale, rows,
-                                            grad_ptr);
-      }
-    });
-  });
-
-  if (reduction == kNone) return {rows, grad};
-  // Serial float64 sum in row order: the same bits whatever the number of threads.
-  double total = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "robustkernels_loss_reduce", [&] {
-    const scalar_t* r = rows.const_data_ptr<scalar_t>();
-    for (int64_t i = 0; i < N; ++i) total += static_cast<double>(r[i]);
-  });
-  if (reduction == kMean) total /= static_cast<double>(count);  // 0 / 0 = NaN when all ignored
-  return {at::scalar_tensor(total, logits.options().dtype(acc_dtype)), grad};
+  if (soft) {
+    soft_rows_cpu({logits, target, w, eps, epsilon, mask, params, ignore_index, label_smoothing, denominator}, rows,
+                  grad);
+  } else {
+    label_rows_cpu(logits, target, eps, w, epsilon, mask, params, ignore_index, denominator, rows, grad);
+  }
+  return {reduce_rows(rows, reduction, denominator), compute_grad ? grad : at::empty({0}, logits.options())};
 }
 
 void scale_grad_cpu(at::Tensor& grad, const at::Tensor& grad_output) {
@@ -364,5 +424,6 @@ void scale_grad_cpu(at::Tensor& grad, const at::Tensor& grad_output) {
 
 TORCH_LIBRARY_IMPL(robustkernels, CPU, m) {
   m.impl("loss_forward", &rk::loss_forward_cpu);
+  m.impl("soft_loss_forward", &rk::soft_loss_forward_cpu);
   m.impl("scale_grad_", &rk::scale_grad_cpu);
 }

@@ -30,13 +30,19 @@ struct Ops<at::vec::Vectorized<T>> {
     return x.exp();
   }
   static V log(const V& x) { return x.log(); }
-  static V expm1(const V& x) { return x.expm1(); }
+  static V expm1(const V& x) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(expm1_avx2(x));
+#endif
+    return x.expm1();
+  }
   static V log1p(const V& x) { return x.log1p(); }
   static V max(const V& a, const V& b) { return at::vec::maximum(a, b); }  // propagates NaN
   static V clamp_min(const V& x, const V& low) { return at::vec::clamp_min(x, low); }  // keeps NaN
   static V select_gt(const V& x, const V& threshold, const V& yes, const V& no) {
     return V::blendv(no, yes, x > threshold);
   }
+  static V select_nonzero(const V& x, const V& v) { return V::blendv(V(T(0)), v, x != V(T(0))); }
 };
 
 }  // namespace rk

@@ -68,6 +68,8 @@ struct KernelArgs {
   unsigned mask;     // the primitives of the loss
   int64_t ignore_index;
   const int64_t* count;  // rows counted by the mean (device scalar); nullptr: no scaling
+  const T* denominator;  // the mean's weighted denominator (device scalar), used instead of count
+  const T* weight;       // [K] class weights scaling row i by w_{y_i}; nullptr: none
   T* rows_out;
   void* grad;  // nullptr without gradient
 };
@@ -86,7 +88,13 @@ __device__ __forceinline__ T row_eps(const KernelArgs<T>& args, int64_t row) {
 
 template <class T>
 __device__ __forceinline__ T grad_scale(const KernelArgs<T>& args) {
+  if (args.denominator) return T(1) / *args.denominator;
   return args.count ? T(1) / static_cast<T>(*args.count) : T(1);
+}
+
+template <class T>
+__device__ __forceinline__ T row_weight(const KernelArgs<T>& args, int64_t label) {
+  return args.weight ? args.weight[label] : T(1);
 }
 
 template <class S, int N>
@@ -237,8 +245,9 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock)
   r.vec_store = K % WarpRow<T, scalar_t, ELEMS>::VEC == 0;  // fresh buffer: rows 16-byte aligned then
   r.load(z, eps);
   const T a_y = static_cast<T>(z[label]) + eps;  // the same value the owning lane holds
-  const T loss = row_forward<T, VARIANT>(r, args.mask, args.prm, a_y, grad != nullptr, grad_scale(args));
-  if (lane == 0) args.rows_out[row] = loss;
+  const T w = row_weight(args, label);
+  const T loss = row_forward<T, VARIANT>(r, args.mask, args.prm, a_y, grad != nullptr, grad_scale(args) * w);
+  if (lane == 0) args.rows_out[row] = w * loss;
 }
 
 // ---- one block per row ---------------------------------------------------------------------------
@@ -321,8 +330,9 @@ __global__ void __launch_bounds__(kBlockRowThreads) block_row_kernel(const Kerne
   const scalar_t* z = static_cast<const scalar_t*>(args.logits) + row * args.row_stride;
   const T eps = row_eps(args, row);
   BlockRow<T, scalar_t> r{{}, z, K, label, eps, grad, shared};
-  const T loss = row_forward<T, VARIANT>(r, args.mask, args.prm, r.at(label), grad != nullptr, grad_scale(args));
-  if (threadIdx.x == 0) args.rows_out[row] = loss;
+  const T w = row_weight(args, label);
+  const T loss = row_forward<T, VARIANT>(r, args.mask, args.prm, r.at(label), grad != nullptr, grad_scale(args) * w);
+  if (threadIdx.x == 0) args.rows_out[row] = w * loss;
 }
 
 // ---- launch --------------------------------------------------------------------------------------

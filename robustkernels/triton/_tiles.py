@@ -1,5 +1,6 @@
-"""Row tiles: the biased load, the one loop every pass runs, the online softmax statistics and the
-gradient store (Triton device code shared by the softmax and the bi-tempered paths).
+"""Row tiles: the program's rows and their scalars, the biased load, the one loop every pass runs,
+the online softmax statistics and the gradient store (Triton device code shared by the softmax,
+the bi-tempered and the soft-target paths).
 
 A *pass* over a row is a visit function ``VISIT(state, tile, ctx, TERMS) -> state`` applied to
 every column tile of the row: ``tile = (x, is_label, lane, cols, start)`` is ``z + eps e_y`` in the
@@ -63,13 +64,13 @@ def row_pass(VISIT, state, tile, src, ctx, TERMS, FP64, BLOCK_K, SINGLE_PASS):
 
 
 @triton.jit
-def _safe_max(m):
+def safe_max(m):
     # exp(x - m) with m = -inf is exp(-inf + inf) = NaN; with m := 0 every -inf lane gives 0 instead.
     return tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit
-def _nan_lanes(x):
+def nan_lanes(x):
     # Counted explicitly: the GPU's max ignores NaN and the tempered clamps / bisection comparisons
     # would swallow it, so "a NaN logit gives a NaN row" cannot be left to propagation.
     return row_sum((x != x).to(tl.int32))
@@ -87,7 +88,7 @@ def _stats_visit(state, tile, ctx, TERMS):
     x, is_label, lane, cols, start = tile
     m_old = x_max
     x_max = tl.maximum(x_max, row_max(x))
-    pivot_new = _safe_max(x_max)
+    pivot_new = safe_max(x_max)
     # exp(m_old - pivot_new), not exp(pivot - pivot_new): after an all -inf start the old pivot is
     # the stand-in 0 and exp(0 - (-120)) would overflow to inf (inf * 0 = NaN).
     rescale = tl.exp(m_old - pivot_new)
@@ -100,7 +101,7 @@ def _stats_visit(state, tile, ctx, TERMS):
         # logits (2.5e-4 relative at logits around 3e4). The `start` lanes seen before this tile
         # move with the pivot.
         sum_shifted += start * (pivot - pivot_new) + row_sum(tl.where(lane, x - pivot_new[:, None], 0.0))
-    return x_max, pivot_new, sum_exp, others_exp, label_logit, sum_shifted, nan_count + _nan_lanes(x)
+    return x_max, pivot_new, sum_exp, others_exp, label_logit, sum_shifted, nan_count + nan_lanes(x)
 
 
 @triton.jit
@@ -130,3 +131,32 @@ def store_grad(dst, nan_rows, cols, grad):
     mask = row_ok[:, None] & (cols < num_classes)[None, :]
     out = grad_ptr + rows64[:, None] * num_classes + cols[None, :]
     tl.store(out, to_output(grad, grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def row_block(target_ptr, stride_target, num_rows, num_classes, ignore_index, ROWS):
+    """This program's ``ROWS`` rows: int64 indices (N * K may exceed 2^31), labels and their policy."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < num_rows
+    rows64 = rows.to(tl.int64)
+    label = tl.load(target_ptr + rows64 * stride_target, mask=row_ok, other=ignore_index)
+    ignored = label == ignore_index
+    invalid = ((label < 0) | (label >= num_classes)) & (~ignored)
+    return rows64, row_ok, label, ignored, invalid
+
+
+@triton.jit
+def row_scalars(eps_ptr, stride_eps, eps_scalar, inv_count_ptr, rows64, active, EPS_PER_ROW, HAS_INV_COUNT, FP64):
+    """The rows' bias ``eps`` and gradient scale ``norm`` (``1 / count`` for mean), in the compute dtype."""
+    if FP64:
+        zero = tl.full(rows64.shape, 0, tl.float64)
+    else:
+        zero = tl.full(rows64.shape, 0, tl.float32)
+    if EPS_PER_ROW:
+        eps = tl.load(eps_ptr + rows64 * stride_eps, mask=active, other=0.0).to(zero.dtype)
+    else:
+        eps = zero + eps_scalar
+    norm = zero + 1.0
+    if HAS_INV_COUNT:
+        norm = norm * tl.load(inv_count_ptr)
+    return eps, norm

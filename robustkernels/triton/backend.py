@@ -8,7 +8,7 @@ import re
 import torch
 from torch import Tensor
 
-from .._numbers import runtime_floats
+from .._numbers import runtime_floats, to_float
 from ..specs import LossSpec
 
 __all__ = ["unavailable_reason", "interpreter_defect", "robust_loss"]
@@ -85,16 +85,24 @@ def robust_loss(
     epsilon: float | Tensor,
     reduction: str,
     ignore_index: int,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Backend contract (see :mod:`robustkernels.backends`): the fused loss, differentiable w.r.t. the
-    logits (and a per-row ``epsilon`` tensor). Without grad the op runs with ``compute_grad=False`` and no
-    gradient buffer is allocated."""
+    logits (and a per-row ``epsilon`` tensor, except with a probability target or label smoothing).
+    Without grad the op runs with ``compute_grad=False`` and no gradient buffer is allocated.
+
+    Integer labels without ``weight`` and smoothing run ``fused_loss``; every other case (class
+    weights, label smoothing, a probability target ``[N, K]``) runs ``soft_loss``."""
     from . import op
 
     eps_rows = epsilon if isinstance(epsilon, Tensor) else None
     # No float() of a float: see robustkernels.native (traced values under dynamic=True).
     eps = 0.0 if eps_rows is not None else epsilon
     terms, slots = spec.kernel_args(params)
-    args = (logits, target, eps_rows, eps, terms, runtime_floats(slots), ignore_index, reduction)
     needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (eps_rows is not None and eps_rows.requires_grad))
-    return op.fused_loss(*args, needs_grad)[0]
+    if weight is None and label_smoothing == 0.0 and not target.is_floating_point():
+        args = (logits, target, eps_rows, eps, terms, runtime_floats(slots), ignore_index, reduction)
+        return op.fused_loss(*args, needs_grad)[0]
+    args = (logits, target, eps_rows, weight, eps, terms, runtime_floats(slots), ignore_index)
+    return op.soft_loss(*args, to_float(label_smoothing), reduction, needs_grad)[0]

@@ -8,6 +8,11 @@ one built by :func:`robustkernels.specs.combine` -- is the same kernel specialis
 weights and parameters are runtime scalars named after :data:`robustkernels.specs.KERNEL_SLOTS`. The
 per-row math is :mod:`._row_math`, the bi-tempered loss :mod:`._bitemp`, the row tiles :mod:`._tiles`.
 
+``soft_loss_kernel`` is the same kernel for the drop-in arguments of ``F.cross_entropy``: with integer
+labels and class weights alone (``LABEL_ONLY``) it runs the rows above scaled by ``w_y``; with label
+smoothing or a probability target it evaluates the expected loss over the class coefficients
+``u_k`` (:mod:`._soft`), each primitive's value and slope still those of :mod:`._row_math`.
+
 Memory traffic (why the common case is one read of the logits and one write of the gradient)
 ----------------------------------------------------------------------------------------------
 ``SINGLE_PASS`` (``K`` up to the heuristic's limit, 8192): each logit is read once, the whole row
@@ -50,9 +55,10 @@ import triton.language as tl
 from ._bitemp import BISECTION_STEPS, bitemp_row
 from ._math import expm1, log1p, to_output, zeros_like
 from ._row_math import BITEMP, NFL, NGCE, normalised_lane_grad, normalised_lane_sums, row_terms
-from ._tiles import first_tile, row_pass, row_stats, store_grad
+from ._soft import soft_rows
+from ._tiles import first_tile, row_block, row_pass, row_scalars, row_stats, store_grad
 
-__all__ = ["fused_loss_kernel", "rescale_grad_kernel", "BISECTION_STEPS", "to_output"]
+__all__ = ["fused_loss_kernel", "soft_loss_kernel", "rescale_grad_kernel", "BISECTION_STEPS", "to_output"]
 
 
 @triton.jit
@@ -123,32 +129,111 @@ def _softmax_row(src, dst, invalid, labels, norms, TERMS, HAS_GRAD, FP64, BLOCK_
 
 
 @triton.jit
-def _row_block(target_ptr, stride_target, num_rows, num_classes, ignore_index, ROWS):
-    """This program's ``ROWS`` rows: int64 indices (N * K may exceed 2^31), labels and their policy."""
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < num_rows
-    rows64 = rows.to(tl.int64)
-    label = tl.load(target_ptr + rows64 * stride_target, mask=row_ok, other=ignore_index)
-    ignored = label == ignore_index
-    invalid = ((label < 0) | (label >= num_classes)) & (~ignored)
-    return rows64, row_ok, label, ignored, invalid
+def _slot_tuples(
+    ce_weight,
+    mae_weight,
+    gce_weight,
+    gce_q,
+    agce_weight,
+    agce_a,
+    agce_q,
+    aul_weight,
+    aul_a,
+    aul_q,
+    ael_weight,
+    ael_a,
+    rce_weight,
+    rce_A,
+    focal_weight,
+    focal_gamma,
+    nce_weight,
+    nfl_weight,
+    nfl_gamma,
+    ngce_weight,
+    ngce_q,
+    nmae_weight,
+    nrce_weight,
+    nrce_A,
+    bitemp_weight,
+    bitemp_t1,
+    bitemp_t2,
+    bitemp_num_iters,
+    aul_a_minus_1,
+    bitemp_two_minus_t1,
+):
+    """The :data:`~robustkernels.specs.KERNEL_SLOTS` as ``(labels, norms, bitemp)``: each primitive's
+    slots one tuple -- its weight, its parameters in spec order, then its derived slots (aul's a - 1
+    and bitemp's 2 - t1, formed on the host in double) -- as :mod:`._row_math` reads them."""
+    labels = (
+        (ce_weight,),
+        (mae_weight,),
+        (gce_weight, gce_q),
+        (agce_weight, agce_a, agce_q),
+        (aul_weight, aul_a, aul_q, aul_a_minus_1),
+        (ael_weight, ael_a),
+        (rce_weight, rce_A),
+        (focal_weight, focal_gamma),
+        (nmae_weight,),
+        (nrce_weight, nrce_A),
+    )
+    norms = ((nce_weight,), (nfl_weight, nfl_gamma), (ngce_weight, ngce_q))
+    bitemp = (bitemp_weight, bitemp_t1, bitemp_t2, bitemp_num_iters, bitemp_two_minus_t1)
+    return labels, norms, bitemp
 
 
 @triton.jit
-def _row_scalars(eps_ptr, stride_eps, eps_scalar, inv_count_ptr, rows64, active, EPS_PER_ROW, HAS_INV_COUNT, FP64):
-    """The rows' bias ``eps`` and gradient scale ``norm`` (``1 / count`` for mean), in the compute dtype."""
-    if FP64:
-        zero = tl.full(rows64.shape, 0, tl.float64)
+def _label_rows(
+    logits_ptr,
+    stride_row,
+    target_ptr,
+    stride_target,
+    eps_ptr,
+    stride_eps,
+    eps_scalar,
+    loss_ptr,
+    grad_ptr,
+    inv_count_ptr,
+    row_weight_ptr,
+    num_rows,
+    num_classes,
+    ignore_index,
+    slots,
+    TERMS,
+    EPS_PER_ROW,
+    HAS_GRAD,
+    HAS_INV_COUNT,
+    HAS_ROW_WEIGHT,
+    FP64,
+    ROWS,
+    BLOCK_K,
+    SINGLE_PASS,
+):
+    """Integer labels: the per-row loss (and gradient) of ``ROWS`` rows, scaled by the row weight
+    ``w_y`` (read from ``row_weight_ptr``, gathered on the host) with ``HAS_ROW_WEIGHT``."""
+    labels, norms, bitemp = slots
+    rows64, row_ok, label, ignored, invalid = row_block(
+        target_ptr, stride_target, num_rows, num_classes, ignore_index, ROWS
+    )
+    active = row_ok & (~ignored) & (~invalid)
+    eps, norm = row_scalars(
+        eps_ptr, stride_eps, eps_scalar, inv_count_ptr, rows64, active, EPS_PER_ROW, HAS_INV_COUNT, FP64
+    )
+    row_weight = norm
+    if HAS_ROW_WEIGHT:
+        row_weight = tl.load(row_weight_ptr + rows64, mask=active, other=0.0).to(norm.dtype)
+        norm = norm * row_weight
+    src = (logits_ptr, rows64 * stride_row, num_classes, active, label, eps)
+    dst = (grad_ptr, rows64, row_ok, ignored, norm, num_classes)
+    if BITEMP & TERMS:
+        loss, nan_rows = bitemp_row(src, dst, invalid, bitemp, TERMS, HAS_GRAD, FP64, BLOCK_K, SINGLE_PASS)
     else:
-        zero = tl.full(rows64.shape, 0, tl.float32)
-    if EPS_PER_ROW:
-        eps = tl.load(eps_ptr + rows64 * stride_eps, mask=active, other=0.0).to(zero.dtype)
-    else:
-        eps = zero + eps_scalar
-    norm = zero + 1.0
-    if HAS_INV_COUNT:
-        norm = norm * tl.load(inv_count_ptr)
-    return eps, norm
+        loss, nan_rows = _softmax_row(src, dst, invalid, labels, norms, TERMS, HAS_GRAD, FP64, BLOCK_K, SINGLE_PASS)
+    if HAS_ROW_WEIGHT:
+        # A row of weight 0 contributes exactly 0, even where its loss is infinite (p_y = 0).
+        loss = tl.where(row_weight == 0.0, 0.0, loss * row_weight)
+    loss = tl.where(nan_rows, float("nan"), loss)
+    loss = tl.where(ignored, 0.0, loss)
+    tl.store(loss_ptr + rows64, loss, mask=row_ok)
 
 
 @triton.jit(do_not_specialize=["ignore_index", "bitemp_num_iters"])
@@ -208,38 +293,221 @@ def fused_loss_kernel(
     """Per-row loss (and, with ``HAS_GRAD``, the gradient) of ``ROWS`` rows per program; the scalars
     after ``ignore_index`` are :data:`~robustkernels.specs.KERNEL_SLOTS`. ``SINGLE_PASS``: ``BLOCK_K
     >= K``, the row stays in registers; otherwise it is walked in ``BLOCK_K`` tiles."""
-    # Each primitive's slots as one tuple: its weight, its parameters in spec order, then its
-    # derived slots (aul's a - 1 and bitemp's 2 - t1, formed on the host in double).
-    labels = (
-        (ce_weight,),
-        (mae_weight,),
-        (gce_weight, gce_q),
-        (agce_weight, agce_a, agce_q),
-        (aul_weight, aul_a, aul_q, aul_a_minus_1),
-        (ael_weight, ael_a),
-        (rce_weight, rce_A),
-        (focal_weight, focal_gamma),
-        (nmae_weight,),
-        (nrce_weight, nrce_A),
+    slots = _slot_tuples(
+        ce_weight,
+        mae_weight,
+        gce_weight,
+        gce_q,
+        agce_weight,
+        agce_a,
+        agce_q,
+        aul_weight,
+        aul_a,
+        aul_q,
+        ael_weight,
+        ael_a,
+        rce_weight,
+        rce_A,
+        focal_weight,
+        focal_gamma,
+        nce_weight,
+        nfl_weight,
+        nfl_gamma,
+        ngce_weight,
+        ngce_q,
+        nmae_weight,
+        nrce_weight,
+        nrce_A,
+        bitemp_weight,
+        bitemp_t1,
+        bitemp_t2,
+        bitemp_num_iters,
+        aul_a_minus_1,
+        bitemp_two_minus_t1,
     )
-    norms = ((nce_weight,), (nfl_weight, nfl_gamma), (ngce_weight, ngce_q))
-    bitemp = (bitemp_weight, bitemp_t1, bitemp_t2, bitemp_num_iters, bitemp_two_minus_t1)
-    rows64, row_ok, label, ignored, invalid = _row_block(
-        target_ptr, stride_target, num_rows, num_classes, ignore_index, ROWS
+    _label_rows(
+        logits_ptr,
+        stride_row,
+        target_ptr,
+        stride_target,
+        eps_ptr,
+        stride_eps,
+        eps_scalar,
+        loss_ptr,
+        grad_ptr,
+        inv_count_ptr,
+        loss_ptr,  # no row weights: never read
+        num_rows,
+        num_classes,
+        ignore_index,
+        slots,
+        TERMS,
+        EPS_PER_ROW,
+        HAS_GRAD,
+        HAS_INV_COUNT,
+        False,
+        FP64,
+        ROWS,
+        BLOCK_K,
+        SINGLE_PASS,
     )
-    active = row_ok & (~ignored) & (~invalid)
-    eps, norm = _row_scalars(
-        eps_ptr, stride_eps, eps_scalar, inv_count_ptr, rows64, active, EPS_PER_ROW, HAS_INV_COUNT, FP64
+
+
+@triton.jit(do_not_specialize=["ignore_index", "bitemp_num_iters"])
+def soft_loss_kernel(
+    logits_ptr,
+    stride_row,
+    target_ptr,
+    stride_target,
+    stride_target_col,
+    weight_ptr,
+    row_weight_ptr,
+    eps_ptr,
+    stride_eps,
+    eps_scalar,
+    loss_ptr,
+    grad_ptr,
+    inv_count_ptr,
+    grad_scale,
+    num_rows,
+    num_classes,
+    ignore_index,
+    target_scale,
+    uniform_share,
+    ce_weight,
+    mae_weight,
+    gce_weight,
+    gce_q,
+    agce_weight,
+    agce_a,
+    agce_q,
+    aul_weight,
+    aul_a,
+    aul_q,
+    ael_weight,
+    ael_a,
+    rce_weight,
+    rce_A,
+    focal_weight,
+    focal_gamma,
+    nce_weight,
+    nfl_weight,
+    nfl_gamma,
+    ngce_weight,
+    ngce_q,
+    nmae_weight,
+    nrce_weight,
+    nrce_A,
+    bitemp_weight,
+    bitemp_t1,
+    bitemp_t2,
+    bitemp_num_iters,
+    aul_a_minus_1,
+    bitemp_two_minus_t1,
+    TERMS: tl.constexpr,
+    LABEL_ONLY: tl.constexpr,
+    FLOAT_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    EPS_PER_ROW: tl.constexpr,
+    HAS_GRAD: tl.constexpr,
+    HAS_INV_COUNT: tl.constexpr,
+    FP64: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SINGLE_PASS: tl.constexpr,
+):
+    """The drop-in cases of ``F.cross_entropy``: class weights, label smoothing, probability targets.
+
+    ``LABEL_ONLY`` (integer labels, no smoothing): the rows of ``fused_loss_kernel`` scaled by the
+    row weights ``w_y`` at ``row_weight_ptr`` (every loss, the cost of the integer path). Otherwise
+    the expected loss ``sum_k u_k L(z + eps e_k, k)`` of :mod:`._soft` with ``u_k = w_k (target_scale
+    t_k + uniform_share)``, ``t`` the float target row (``FLOAT_TARGET``) or the one-hot label, the
+    class weights ``w`` at ``weight_ptr`` (``HAS_WEIGHT``), ``target_scale = 1 - alpha`` and
+    ``uniform_share = alpha / K`` formed on the host in double. ``grad_scale`` multiplies the gradient
+    (``1 / N`` for the mean over probability targets); the slots are those of ``fused_loss_kernel``.
+    """
+    slots = _slot_tuples(
+        ce_weight,
+        mae_weight,
+        gce_weight,
+        gce_q,
+        agce_weight,
+        agce_a,
+        agce_q,
+        aul_weight,
+        aul_a,
+        aul_q,
+        ael_weight,
+        ael_a,
+        rce_weight,
+        rce_A,
+        focal_weight,
+        focal_gamma,
+        nce_weight,
+        nfl_weight,
+        nfl_gamma,
+        ngce_weight,
+        ngce_q,
+        nmae_weight,
+        nrce_weight,
+        nrce_A,
+        bitemp_weight,
+        bitemp_t1,
+        bitemp_t2,
+        bitemp_num_iters,
+        aul_a_minus_1,
+        bitemp_two_minus_t1,
     )
-    src = (logits_ptr, rows64 * stride_row, num_classes, active, label, eps)
-    dst = (grad_ptr, rows64, row_ok, ignored, norm, num_classes)
-    if BITEMP & TERMS:
-        loss, nan_rows = bitemp_row(src, dst, invalid, bitemp, TERMS, HAS_GRAD, FP64, BLOCK_K, SINGLE_PASS)
+    if LABEL_ONLY:
+        _label_rows(
+            logits_ptr,
+            stride_row,
+            target_ptr,
+            stride_target,
+            eps_ptr,
+            stride_eps,
+            eps_scalar,
+            loss_ptr,
+            grad_ptr,
+            inv_count_ptr,
+            row_weight_ptr,
+            num_rows,
+            num_classes,
+            ignore_index,
+            slots,
+            TERMS,
+            EPS_PER_ROW,
+            HAS_GRAD,
+            HAS_INV_COUNT,
+            HAS_WEIGHT,
+            FP64,
+            ROWS,
+            BLOCK_K,
+            SINGLE_PASS,
+        )
     else:
-        loss, nan_rows = _softmax_row(src, dst, invalid, labels, norms, TERMS, HAS_GRAD, FP64, BLOCK_K, SINGLE_PASS)
-    loss = tl.where(nan_rows, float("nan"), loss)
-    loss = tl.where(ignored, 0.0, loss)
-    tl.store(loss_ptr + rows64, loss, mask=row_ok)
+        labels, norms, _ = slots
+        soft_rows(
+            (logits_ptr, stride_row),
+            (target_ptr, stride_target, stride_target_col, weight_ptr, target_scale, uniform_share),
+            (eps_ptr, stride_eps, eps_scalar),
+            (loss_ptr, grad_ptr, inv_count_ptr, grad_scale),
+            num_rows,
+            num_classes,
+            ignore_index,
+            labels,
+            norms,
+            TERMS,
+            FLOAT_TARGET,
+            HAS_WEIGHT,
+            EPS_PER_ROW,
+            HAS_GRAD,
+            HAS_INV_COUNT,
+            FP64,
+            ROWS,
+            BLOCK_K,
+            SINGLE_PASS,
+        )
 
 
 # ---- the backward kernel -----------------------------------------------------------------------

@@ -22,6 +22,13 @@ GPU timings (none have been measured yet; ``benchmarks.run --device cuda`` is th
   load per thread per row, for K = 1000 (two rows of 1024 lanes) 8 warps.
 * **Blocked** (column-tiled, two or more passes) beyond the single-pass limit, one row per program
   with ``BLOCKED_BLOCK`` lanes per tile.
+* **Soft targets** (label smoothing, probability targets: every class carries a term) keep more per
+  lane alive from the class terms to the gradient (``a``, ``r``, the class coefficients, nce's
+  ``b``), so their single-pass limit is ``MAX_SINGLE_PASS_BLOCK_SOFT``: ptxas for sm_90 (compiled,
+  not run) reports 128 registers with 80-490 bytes of spills at 8192 lanes and 16 warps for sce and
+  nce + agce (bf16, with and without per-row eps), none at 4096 (97-124 registers); only a mask of
+  every soft primitive at once still spills there (348 bytes). fp64 keeps its limit: there nce + mae
+  spills 28-44 bytes at 1024 and 2048 lanes, every soft primitive at once 840.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ __all__ = ["LaunchConfig", "forward_config", "rescale_config"]
 
 MAX_SINGLE_PASS_BLOCK = 8192
 MAX_SINGLE_PASS_BLOCK_FP64 = 2048
+MAX_SINGLE_PASS_BLOCK_SOFT = 4096
 BLOCKED_BLOCK = 4096
 BLOCKED_BLOCK_FP64 = 2048
 TARGET_TILE = 2048
@@ -65,15 +73,20 @@ def _rows_for(block_k: int, num_rows: int, max_rows: int = MAX_ROWS) -> int:
 
 
 def forward_config(
-    num_rows: int, num_classes: int, dtype: torch.dtype, max_single_pass: int | None = None
+    num_rows: int, num_classes: int, dtype: torch.dtype, max_single_pass: int | None = None, soft: bool = False
 ) -> LaunchConfig:
-    """Launch parameters of ``fused_loss_kernel`` for ``[num_rows, num_classes]`` logits of ``dtype``.
+    """Launch parameters of ``fused_loss_kernel`` (and ``soft_loss_kernel``: ``soft`` for its soft-target
+    variants) for ``[num_rows, num_classes]`` logits of ``dtype``.
 
     ``max_single_pass`` overrides the single-pass limit (tests use it to exercise the column-tiled
     path at small ``K``).
     """
     fp64 = dtype == torch.float64
-    limit = max_single_pass or (MAX_SINGLE_PASS_BLOCK_FP64 if fp64 else MAX_SINGLE_PASS_BLOCK)
+    if fp64:
+        default_limit = MAX_SINGLE_PASS_BLOCK_FP64
+    else:
+        default_limit = MAX_SINGLE_PASS_BLOCK_SOFT if soft else MAX_SINGLE_PASS_BLOCK
+    limit = max_single_pass or default_limit
     padded = triton.next_power_of_2(num_classes)
     if padded <= limit:
         rows = _rows_for(padded, num_rows, MAX_ROWS_FP64 if fp64 else MAX_ROWS)

@@ -1,0 +1,341 @@
+// Soft-target rows on the CPU: at::parallel_for over rows; each row's logits are copied once into
+// a per-thread buffer in the compute type, its class coefficients u formed into a second, and the
+// passes of soft_math.h's soft_row run over those buffers with ATen's SIMD vectors, keeping
+// exp(z_j - m) and d_j for the gradient pass (one read of the logits and target, one write).
+#include "cpu/soft_cpu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/vec_ops.h"
+#include "soft_math.h"
+
+namespace rk {
+namespace {
+
+using at::vec::Vectorized;
+
+template <class T>
+Vectorized<T> zero_lane(const Vectorized<T>& v, int64_t lane) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  lanes[lane] = T(0);
+  return Vectorized<T>::loadu(lanes);
+}
+
+template <class T>
+T lane_sum(const Vectorized<T>& v) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T total = T(0);
+  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) total += lanes[i];
+  return total;
+}
+
+// The Row of soft_math.h over the buffers of one row: z (in the compute type), e_j, u_j, d_j.
+// Sums over k != j* zero the lane j* in the vector that holds it, never subtract it afterwards.
+template <class T, class scalar_t>
+struct SoftCpuRow {
+  using Vec = Vectorized<T>;
+  static constexpr int64_t kLanes = Vec::size();
+  const T* z;
+  T* e;
+  const T* u;
+  T* d;
+  int64_t K;
+  scalar_t* grad;
+  T max_value;
+  bool bad;  // a negative or NaN probability, found while u was formed
+  int64_t special = 0;
+  bool have_d = false;
+
+  bool in_block(int64_t j) const { return special >= j && special < j + kLanes; }
+
+  void find_special(T m) {
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) {
+      const int zeros = (Vec::loadu(z + j) - Vec(m)).zero_mask();
+      if (zeros != 0) {
+        special = j + __builtin_ctz(static_cast<unsigned>(zeros));
+        return;
+      }
+    }
+    for (; j < K; ++j) {
+      if (z[j] - m == T(0)) {
+        special = j;
+        return;
+      }
+    }
+  }
+
+  TargetSums<T> target_sums(T m) const {
+    Vec acc_u(T(0)), acc_uz(T(0));
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) {
+      Vec uv = Vec::loadu(u + j);
+      acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * (Vec::loadu(z + j) - Vec(m)));
+      if (in_block(j)) uv = zero_lane(uv, special - j);
+      acc_u = acc_u + uv;
+    }
+    T total_u = lane_sum(acc_u), total_uz = lane_sum(acc_uz);
+    for (; j < K; ++j) {
+      total_uz += Ops<T>::select_nonzero(u[j], u[j] * (z[j] - m));
+      if (j != special) total_u += u[j];
+    }
+    return {u[special], total_u, total_uz, bad};
+  }
+
+  T remember_exp(T m) {
+    Vec acc(T(0));
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) {
+      Vec ev = Ops<Vec>::exp_shifted(Vec::loadu(z + j) - Vec(m));
+      ev.store(e + j);
+      if (in_block(j)) ev = zero_lane(ev, special - j);
+      acc = acc + ev;
+    }
+    T total = lane_sum(acc);
+    for (; j < K; ++j) {
+      e[j] = Ops<T>::exp_shifted(z[j] - m);
+      if (j != special) total += e[j];
+    }
+    return total;
+  }
+
+  template <class F>
+  T sum_of(const F& f) const {
+    Vec acc(T(0));
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) acc = acc + f(Vec::loadu(z + j));
+    T total = lane_sum(acc);
+    for (; j < K; ++j) total += f(z[j]);
+    return total;
+  }
+
+  template <class F>
+  ClassSums<T> class_sums(const F& f) {
+    const T m = max_value;
+    Vec acc_loss(T(0)), acc_p(T(0)), acc_b(T(0));
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) {
+      ClassTerms<Vec> c = f(Vec::loadu(z + j) - Vec(m), Vec::loadu(e + j), Vec::loadu(u + j));
+      c.d.store(d + j);
+      Vec p = c.d + c.p_minus_d;
+      if (in_block(j)) {
+        c.loss = zero_lane(c.loss, special - j);
+        p = zero_lane(p, special - j);
+        c.b = zero_lane(c.b, special - j);
+      }
+      acc_loss = acc_loss + c.loss;
+      acc_p = acc_p + p;
+      acc_b = acc_b + c.b;
+    }
+    ClassSums<T> out{lane_sum(acc_loss), lane_sum(acc_p), lane_sum(acc_b)};
+    for (; j < K; ++j) {
+      const ClassTerms<T> c = f(z[j] - m, e[j], u[j]);
+      d[j] = c.d;
+      if (j == special) continue;
+      out.loss += c.loss;
+      out.p += c.d + c.p_minus_d;
+      out.b += c.b;
+    }
+    have_d = true;
+    return out;
+  }
+
+  void store_grad(const Vec& g, int64_t j) const {
+    if constexpr (std::is_same_v<scalar_t, T>) {
+      g.store(grad + j);
+    } else {
+      T lanes[kLanes];
+      g.store(lanes);
+      for (int64_t i = 0; i < kLanes; ++i) grad[j + i] = static_cast<scalar_t>(lanes[i]);
+    }
+  }
+
+  template <class DOf, class G>
+  void write_soft_grad(const DOf& d_of, const G& g, T special_value) const {
+    const T m = max_value;
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) {
+      const Vec ev = Vec::loadu(e + j);
+      const Vec dv = have_d ? Vec::loadu(d + j) : d_of(Vec::loadu(z + j) - Vec(m), ev, Vec::loadu(u + j));
+      store_grad(g(ev, dv), j);
+    }
+    for (; j < K; ++j) grad[j] = static_cast<scalar_t>(g(e[j], have_d ? d[j] : d_of(z[j] - m, e[j], u[j])));
+    grad[special] = static_cast<scalar_t>(special_value);
+  }
+
+  template <class F>
+  void write_grad(const F& f, T special_value) const {
+    int64_t j = 0;
+    for (; j + kLanes <= K; j += kLanes) store_grad(f(Vec::loadu(z + j)), j);
+    for (; j < K; ++j) grad[j] = static_cast<scalar_t>(f(z[j]));
+    grad[special] = static_cast<scalar_t>(special_value);
+  }
+};
+
+// z_j in the compute type into `out`; returns max_j z_j (NaN if the row holds a NaN).
+template <class T, class scalar_t>
+T copy_row(const scalar_t* src, int64_t K, T* out) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t kLanes = Vec::size();
+  Vec acc(-std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + kLanes <= K; j += kLanes) {
+    Vec v;
+    if constexpr (std::is_same_v<scalar_t, T>) {
+      v = Vec::loadu(src + j);
+    } else {
+      T lanes[kLanes];
+      for (int64_t i = 0; i < kLanes; ++i) lanes[i] = static_cast<T>(src[j + i]);
+      v = Vec::loadu(lanes);
+    }
+    v.store(out + j);
+    acc = at::vec::maximum(acc, v);
+  }
+  T lanes[kLanes];
+  acc.store(lanes);
+  T best = lanes[0];
+  for (int64_t i = 1; i < kLanes; ++i) best = Ops<T>::max(best, lanes[i]);
+  for (; j < K; ++j) {
+    out[j] = static_cast<T>(src[j]);
+    best = Ops<T>::max(best, out[j]);
+  }
+  return best;
+}
+
+// u_k = w_k ((1 - alpha) t_k + alpha / K) of a probability row t (column stride `stride`);
+// returns whether it holds a negative or NaN entry.
+template <class T, class tgt_t>
+bool probability_coefficients(const tgt_t* t, int64_t stride, int64_t K, const T* w, T keep, T spread, T* u) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t kLanes = Vec::size();
+  int64_t j = 0;
+  T low = T(0);
+  if constexpr (std::is_same_v<tgt_t, T>) {
+    if (stride == 1) {
+      Vec acc(T(0));
+      for (; j + kLanes <= K; j += kLanes) {
+        const Vec tv = Vec::loadu(t + j);
+        acc = at::vec::minimum(acc, tv);  // propagates NaN
+        Vec uv = tv * Vec(keep) + Vec(spread);
+        if (w) uv = uv * Vec::loadu(w + j);
+        uv.store(u + j);
+      }
+      T lanes[kLanes];
+      acc.store(lanes);
+      for (int64_t i = 0; i < kLanes; ++i) {
+        if (!(lanes[i] >= T(0))) low = -T(1);
+      }
+    }
+  }
+  for (; j < K; ++j) {
+    const T tj = static_cast<T>(t[j * stride]);
+    if (!(tj >= T(0))) low = -T(1);
+    const T uj = tj * keep + spread;
+    u[j] = w ? uj * w[j] : uj;
+  }
+  return low < T(0);
+}
+
+// u_k = (alpha / K) w_k + (1 - alpha) w_y [k == y] of label y (label smoothing).
+template <class T>
+void label_coefficients(int64_t y, int64_t K, const T* w, T keep, T spread, T* u) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t kLanes = Vec::size();
+  int64_t j = 0;
+  if (w) {
+    for (; j + kLanes <= K; j += kLanes) (Vec::loadu(w + j) * Vec(spread)).store(u + j);
+    for (; j < K; ++j) u[j] = w[j] * spread;
+    u[y] += keep * w[y];
+  } else {
+    std::fill(u, u + K, spread);
+    u[y] += keep;
+  }
+}
+
+// Every row: `fill(i, u)` forms row i's coefficients and returns 0 (a row to compute), 1 (an
+// ignored row: loss 0, gradient 0), 2 (an invalid label: NaN row, its logits never read) or 3
+// (a bad probability row: NaN row, through soft_row).
+template <class scalar_t, class Fill>
+void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at::Tensor& grad_out) {
+  using T = at::opmath_type<scalar_t>;
+  const at::Tensor& logits = call.logits;
+  const int64_t N = logits.size(0), K = logits.size(1);
+  const int64_t row_stride = logits.stride(0);
+  const scalar_t* zs = logits.const_data_ptr<scalar_t>();
+  const T* eps = call.eps_rows.defined() ? call.eps_rows.const_data_ptr<T>() : nullptr;
+  T prm[kNumSlots];
+  load_slots(call.params.data(), prm);
+  T* out = rows.mutable_data_ptr<T>();
+  scalar_t* grad = grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr;
+  const T scale = T(1) / static_cast<T>(call.denominator);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(4 * K);  // z, e, u, d
+    T* z = buffer.data();
+    T* u = z + 2 * K;
+    for (int64_t i = begin; i < end; ++i) {
+      scalar_t* grad_row = grad ? grad + i * K : nullptr;
+      const int status = fill(i, u);
+      if (status == 1 || status == 2) {
+        const T value = status == 1 ? T(0) : nan;
+        out[i] = value;
+        if (grad_row) std::fill(grad_row, grad_row + K, static_cast<scalar_t>(value));
+        continue;
+      }
+      const T row_max = copy_row<T>(zs + i * row_stride, K, z);
+      SoftCpuRow<T, scalar_t> row{z, z + K, u, z + 3 * K, K, grad_row, row_max, status == 3};
+      out[i] = soft_row<T>(row, call.mask, prm, eps ? eps[i] : static_cast<T>(call.epsilon), grad_row != nullptr,
+                           scale);
+    }
+  });
+}
+
+}  // namespace
+
+void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad) {
+  const at::Tensor& target = call.target;
+  const int64_t K = call.logits.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, call.logits.scalar_type(), "robustkernels_soft_rows", [&] {
+    using T = at::opmath_type<scalar_t>;
+    using logits_t = scalar_t;  // the dispatch of the target's dtype below shadows scalar_t
+    const T* w = call.weight.defined() ? call.weight.const_data_ptr<T>() : nullptr;
+    const T keep = static_cast<T>(1.0 - call.alpha);
+    const T spread = static_cast<T>(call.alpha / static_cast<double>(K));
+    if (target.is_floating_point()) {
+      const int64_t t_row = target.stride(0), t_col = target.stride(1);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "robustkernels_soft_target", [&] {
+        using tgt_t = scalar_t;
+        const tgt_t* t = target.const_data_ptr<tgt_t>();
+        auto fill = [=](int64_t i, T* u) {
+          return probability_coefficients<T>(t + i * t_row, t_col, K, w, keep, spread, u) ? 3 : 0;
+        };
+        soft_rows<logits_t>(call, fill, rows, grad);
+      });
+      return;
+    }
+    const at::Tensor labels = target.to(at::kLong);
+    const int64_t* l = labels.const_data_ptr<int64_t>();
+    const int64_t l_stride = labels.stride(0);
+    const int64_t ignore_index = call.ignore_index;
+    auto fill = [=](int64_t i, T* u) {
+      const int64_t y = l[i * l_stride];
+      if (y == ignore_index) return 1;
+      if (y < 0 || y >= K) return 2;
+      label_coefficients<T>(y, K, w, keep, spread, u);
+      return 0;
+    };
+    soft_rows<scalar_t>(call, fill, rows, grad);
+  });
+}
+
+}  // namespace rk

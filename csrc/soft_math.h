@@ -1,0 +1,214 @@
+// Per-row math of the soft-target loss (probability targets, label smoothing; docs/drop-in.md),
+// written once for the CPU and the CUDA kernels:
+//
+//   row loss = sum_k u_k l_k,   l_k = L(z + eps e_k, k),
+//
+// u the class coefficients of the row (from the target, the class weights and alpha; the kernels
+// form them). With a = softmax(z) (unbiased), x_k = expm1(eps) a_k and r_k = 1 / (1 + x_k), the
+// label's probability when k is the label is q_k = e^eps a_k r_k, and every term is one of
+//
+//   * a primitive of log p_y alone (LabelTerms of loss_math.h, evaluated per class at log q_k):
+//     with l' its derivative with respect to log p (-c_pm), c_j = u_j l'(log q_j) r_j and
+//         dL/dz_j = c_j - a_j sum_k c_k;
+//   * nce, l_k = N_k / D_k with N_k = -log q_k and D_k = D0 - eps - K log r_k, D0 = -sum_j log a_j.
+//     With A_k = w u_k / D_k and B_k = w u_k N_k / D_k^2 (w its weight),
+//         dL/dz_j = -(A_j r_j - a_j sum_k A_k r_k) + sum_k B_k - K a_j sum_k B_k r_k - K B_j x_j r_j.
+//
+// Both are grad_j = d_j - a_j P + Q with per-class
+//     d_k = c_k - A_k r_k - K B_k x_k r_k,   P = sum_k (c_k - A_k r_k + K B_k r_k),   Q = sum_k B_k,
+// and each class's share of P is d_k + K B_k (r_k + x_k r_k = 1). So a row needs one pass that
+// forms d_k and the three sums, and one that writes the gradient.
+//
+// The lane j* of the row's maximum (the first) is kept apart, as the label lane of the integer
+// rows: e_{j*} = exp(z_{j*} - m) = 1 exactly, so S = 1 + others and log S = log1p(others) stays
+// accurate as a_{j*} -> 1, 1 - a_{j*} = others / S, and its gradient is written as
+//     d_{j*} (1 - a_{j*}) - a_{j*} (P - d_{j*}) + Q,   P - d_{j*} = sum_{k != j*} p_k + K B_{j*},
+// which does not cancel when the row's mass and the target both sit on j* (a one-hot target
+// near p = 1). The other lanes have a_k <= 1/2, where 1 - a_k is exact enough as it is.
+//
+// A Row of the soft kernels provides (f / d_of / g generic lambdas, called with T or with
+// vectors of T as in loss_math.h):
+//   T max_value                        max_j z_j (NaN if the row holds one)
+//   void find_special(m)               sets j*, the first j with z_j - m == 0
+//   TargetSums<T> target_sums(m)       u_{j*}, sum_{k != j*} u_k, sum_k u_k (z_k - m), bad row
+//   T remember_exp(m)                  e_j = exp(z_j - m) for later passes; sum_{j != j*} e_j
+//   T sum_of(f)                        sum_j f(z_j)
+//   ClassSums<T> class_sums(f)         f(z - m, e, u) -> ClassTerms; the sums over k != j*
+//   void write_soft_grad(d_of, g, v)   grad_j = g(e_j, d_j), d_j = d_of(z_j - m, e_j, u_j) (the
+//                                      CPU Row reads the d_j of class_sums instead), grad_{j*} = v
+//   void write_grad(f, v)              grad_j = f(z_j), grad_{j*} = v (NaN rows)
+#pragma once
+
+#include "loss_math.h"
+
+namespace rk {
+
+// A row's scalars, the same for every class.
+template <class T>
+struct SoftScalars {
+  T log_s = 0;  // log S, S = sum_j exp(z_j - m)
+  T inv_s = 1;  // 1 / S
+  T eps = 0, em1 = 0, exp_eps = 1;
+  bool biased = false;  // eps != 0: otherwise r = 1 and q = a, and no log1p per logit
+  bool nce = false;     // the mask has nce and D0 is finite (an infinite D0 makes the term 0)
+  T nce_d0 = 0;         // D0 = -sum_j log a_j = K log S - sum_j (z_j - m), both parts >= 0
+  int64_t K = 0;
+};
+
+// One class's share of the row (docs at the top): its loss u_k l_k, d_k, p_k - d_k, and B_k.
+template <class V>
+struct ClassTerms {
+  V loss, d, p_minus_d, b;
+};
+
+template <class T>
+struct ClassSums {
+  T loss = 0, p = 0, b = 0;
+};
+
+template <class T>
+struct TargetSums {
+  T u_star = 0;      // u_{j*}
+  T u_others = 0;    // sum_{k != j*} u_k
+  T u_zm = 0;        // sum_k u_k (z_k - m), a class of u_k = 0 adding 0 (z_k may be -inf)
+  bool bad = false;  // a negative or NaN probability: a NaN row
+};
+
+// The primitives that need p_y or 1 - p_y (the others read log p_y only): q and 1 - q are then
+// formed per class, else skipped.
+constexpr unsigned kNeedsProbability = (1u << kMAE) | (1u << kAGCE) | (1u << kAUL) | (1u << kAEL) | (1u << kRCE) |
+                                       (1u << kNMAE) | (1u << kNRCE);
+
+// ClassTerms of the classes of one vector (or one class), from z - m, e = exp(z - m), 1 - a and
+// u. 1 - q = (1 - a) r: no expm1 per logit, and exact as the 1 - a given.
+template <class T, class V>
+RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars<T>& s, V zm, V e, V one_minus_a,
+                                V u) {
+  using O = Ops<V>;
+  const V zero(T(0));
+  const V a = e * V(s.inv_s);
+  V lq = zm - V(s.log_s);  // log a: (z - m) - log S, never z - (m + log S)
+  V q = a, omq = one_minus_a, r(T(1)), lr = zero, x = zero;
+  if (s.biased) {
+    x = V(s.em1) * a;
+    lr = zero - O::log1p(x);
+    r = V(T(1)) / (V(T(1)) + x);  // 1 + x >= e^eps > 0
+    lq = lq + (V(s.eps) + lr);
+    if ((mask & kNeedsProbability) != 0) {
+      q = V(s.exp_eps) * a * r;
+      omq = one_minus_a * r;
+    }
+  }
+  V loss = zero, pm = zero;
+  LabelTerms<T, V> terms{loss, pm, s.K, lq, q, omq};
+  for_each_label_term(mask, prm, terms);
+  ClassTerms<V> out{u * loss, zero - u * pm * r, zero, zero};
+  if (s.nce) {
+    const V wu = V(prm[kSlot_nce_weight]) * u;
+    const V D = V(s.nce_d0 - s.eps) - V(T(s.K)) * lr;
+    const V ratio = (zero - lq) / D;  // N / D
+    const V A = wu / D;
+    const V B = wu * ratio / D;  // (N / D) / D: no overflow of D^2
+    out.loss = out.loss + wu * ratio;
+    out.d = out.d - (A + V(T(s.K)) * B * x) * r;
+    out.p_minus_d = V(T(s.K)) * B;
+    out.b = B;
+  }
+  // A class of coefficient 0 adds exactly 0 (its l_k is inf at a -inf logit).
+  out.loss = O::select_nonzero(u, out.loss);
+  out.d = O::select_nonzero(u, out.d);
+  out.p_minus_d = O::select_nonzero(u, out.p_minus_d);
+  out.b = O::select_nonzero(u, out.b);
+  return out;
+}
+
+// The gradient grad_j = scale (d_j - a_j P + Q), the lane j* as in the docs at the top.
+template <class T, class Row, class DOf>
+RK_HD void write_soft_grad(Row& row, const DOf& d_of, const SoftScalars<T>& s, T others, const ClassTerms<T>& star,
+                           const ClassSums<T>& rest, T scale) {
+  const T p = rest.p + (star.d + star.p_minus_d);
+  const T q = rest.b + star.b;
+  const T a_star = s.inv_s, one_minus_a_star = others * s.inv_s;
+  const T g_star = scale * ((star.d * one_minus_a_star - a_star * (rest.p + star.p_minus_d)) + q);
+  const T c_e = s.inv_s * p;  // a_j P = e_j P / S
+  row.write_soft_grad(
+      d_of,
+      [scale, c_e, q](auto e, auto d) {
+        using V = decltype(e);
+        return V(scale) * ((d - e * V(c_e)) + V(q));
+      },
+      g_star);
+}
+
+template <class T, class Row>
+RK_HD T soft_nan_row(Row& row, bool need_grad) {
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  if (need_grad) {
+    row.write_grad(
+        [](auto a) {
+          using V = decltype(a);
+          return V(std::numeric_limits<T>::quiet_NaN());
+        },
+        nan);
+  }
+  return nan;
+}
+
+// The loss of one row (and its gradient, times `scale`, when need_grad). `mask` holds only
+// primitives of kSoftTargetTerms.
+template <class T, class Row>
+RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T scale) {
+  using O = Ops<T>;
+  const T m = row.max_value;
+  if (!(m > -infinity<T>() && m < infinity<T>())) return soft_nan_row<T>(row, need_grad);  // as nan_row
+  row.find_special(m);
+  const TargetSums<T> ts = row.target_sums(m);
+  if (ts.bad) return soft_nan_row<T>(row, need_grad);
+  const T others = row.remember_exp(m);
+  SoftScalars<T> s;
+  s.K = row.K;
+  s.log_s = O::log1p(others);
+  s.inv_s = T(1) / (T(1) + others);
+  s.eps = eps;
+  s.biased = eps != T(0);
+  if (s.biased) {
+    s.em1 = O::expm1(eps);
+    s.exp_eps = O::exp(eps);
+  }
+  if ((mask & (1u << kNCE)) != 0) {
+    s.nce_d0 = T(s.K) * s.log_s - row.sum_of([m](auto z) {
+      using V = decltype(z);
+      return z - V(m);
+    });
+    s.nce = s.nce_d0 < infinity<T>();
+  }
+  if (mask == (1u << kCE) && !s.biased) {
+    // ce at eps = 0: l_k = log S - (z_k - m) and c_k = -w u_k, so the row needs no pass of its
+    // own: loss = w (U log S - sum_k u_k (z_k - m)), both parts >= 0, and d_k = -w u_k.
+    const T w = prm[kSlot_ce_weight];
+    const T loss = w * ((ts.u_star + ts.u_others) * s.log_s - ts.u_zm);
+    if (need_grad) {
+      const ClassTerms<T> star{T(0), -w * ts.u_star, T(0), T(0)};
+      const ClassSums<T> rest{T(0), -w * ts.u_others, T(0)};
+      auto d_of = [w](auto /*zm*/, auto /*e*/, auto u) {
+        using V = decltype(u);
+        return V(T(0)) - V(w) * u;
+      };
+      write_soft_grad(row, d_of, s, others, star, rest, scale);
+    }
+    return loss;
+  }
+  auto terms = [mask, prm, &s](auto zm, auto e, auto u) {
+    using V = decltype(zm);
+    return class_terms<T>(mask, prm, s, zm, e, V(T(1)) - e * V(s.inv_s), u);
+  };
+  const ClassSums<T> rest = row.class_sums(terms);
+  const ClassTerms<T> star = class_terms<T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
+  if (need_grad) {
+    auto d_of = [terms](auto zm, auto e, auto u) { return terms(zm, e, u).d; };
+    write_soft_grad(row, d_of, s, others, star, rest, scale);
+  }
+  return rest.loss + star.loss;
+}
+
+}  // namespace rk
