@@ -8,7 +8,7 @@ ptxas) on CPU. It must run in a process without ``TRITON_INTERPRET``, hence the 
 The kernel specialises on the term mask only, and each primitive's code is guarded by its own bit,
 so the variants are every primitive alone (its code) on a single-pass tile, and the mask of every
 softmax primitive at once (all row sums and per-element terms together) and bitemp on every tile
-shape and dtype of the launch heuristic.
+shape and dtype of the launch heuristic; then the soft-target kernel's structural variants.
 """
 
 import os
@@ -61,6 +61,38 @@ SCRIPT = textwrap.dedent(
             consts = dict(PER_ROW=per_row, FP64=dtype == "fp64", ROWS=2, BLOCK_K=1024)
             triton.compile(ASTSource(kernels.rescale_grad_kernel, sig, consts), target=target)
     print("ok rescale")
+    # The expected loss over a target: every soft primitive at once (float target, weights) on a
+    # single-pass tile and fp64, nce + agce column-tiled with per-row eps, gce forward only in
+    # fp16, and the label-only rows with row weights for every softmax primitive.
+    from robustkernels.specs import SOFT_TARGET_TERMS
+    nce_agce = 1 << PRIMITIVES["nce"].bit | 1 << PRIMITIVES["agce"].bit
+    softmax_all = (1 << len(PRIMITIVES)) - 1 - bitemp
+    soft_cases = [  # terms, dtype, K, label only, float target, weight, per-row eps, grad
+        (SOFT_TARGET_TERMS, torch.float32, 1000, False, True, True, False, True),
+        (SOFT_TARGET_TERMS, torch.float64, 7, False, False, True, True, True),
+        (nce_agce, torch.bfloat16, 20000, False, True, True, True, True),
+        (1 << PRIMITIVES["gce"].bit, torch.float16, 13, False, True, False, False, False),
+        (softmax_all, torch.bfloat16, 20000, True, False, True, False, True),
+    ]
+    for terms, dtype, k, label_only, float_target, weight, per_row, grad in soft_cases:
+        cfg = launch.forward_config(4096, k, dtype, soft=not label_only)
+        cdt = "fp64" if dtype == torch.float64 else "fp32"
+        sig = {"logits_ptr": "*" + dtypes[dtype], "stride_row": "i32",
+               "target_ptr": "*bf16" if float_target else "*i64", "stride_target": "i32",
+               "stride_target_col": "i32", "weight_ptr": "*" + cdt, "row_weight_ptr": "*" + cdt,
+               "eps_ptr": "*fp32", "stride_eps": "i32", "eps_scalar": "fp32", "loss_ptr": "*" + cdt,
+               "grad_ptr": "*" + dtypes[dtype], "inv_count_ptr": "*" + cdt, "grad_scale": "fp32",
+               "num_rows": "i32", "num_classes": "i32", "ignore_index": "i32", "target_scale": "fp32",
+               "uniform_share": "fp32"}
+        sig.update({s: "i32" if s in op._INT_SLOTS else "fp32" for s in KERNEL_SLOTS})
+        consts = dict(TERMS=terms, LABEL_ONLY=label_only, FLOAT_TARGET=float_target, HAS_WEIGHT=weight,
+                      EPS_PER_ROW=per_row, HAS_GRAD=grad, HAS_INV_COUNT=grad and not float_target,
+                      FP64=dtype == torch.float64, ROWS=cfg.rows, BLOCK_K=cfg.block_k, SINGLE_PASS=cfg.single_pass)
+        sig.update({c: "constexpr" for c in consts})
+        compiled = triton.compile(ASTSource(kernels.soft_loss_kernel, sig, consts), target=target,
+                                  options={"num_warps": cfg.num_warps})
+        assert compiled.asm["cubin"], (terms, dtype, k)
+    print("ok soft")
     """
 )
 
@@ -69,4 +101,4 @@ def test_every_kernel_variant_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-6000:]
-    assert res.stdout.count("ok ") == len(PRIMITIVES) + 2
+    assert res.stdout.count("ok ") == len(PRIMITIVES) + 3
