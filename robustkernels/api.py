@@ -244,10 +244,7 @@ def robust_loss(
             f"epsilon: backend {name!r} does not differentiate a per-row bias with probability targets "
             "or label smoothing (each class's term carries its own bias); use backend='torch'"
         )
-    if target.is_floating_point() and target.requires_grad and name != "torch" and torch.is_grad_enabled():
-        raise ValueError(
-            f"target: backend {name!r} does not differentiate a probability target; detach it, or use backend='torch'"
-        )
+    _check_differentiable(name, target=target if target.is_floating_point() else None, weight=class_weight)
     if target.is_floating_point():
         check_probabilities(_as_rows(target, logits))
     else:
@@ -268,6 +265,18 @@ def robust_loss(
         **extra,
     )
     return loss_rows.reshape(_row_shape(logits)) if reduction == "none" else loss_rows
+
+
+def _check_differentiable(backend: str, **tensors: Tensor | None) -> None:
+    """The fused backends give the gradient of the logits (and of a per-row bias) only: refuse a
+    probability target or class weights that require grad there, rather than drop their gradient."""
+    if backend == "torch" or not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.requires_grad:
+            raise ValueError(
+                f"{name}: backend {backend!r} does not differentiate {name}; detach it, or use backend='torch'"
+            )
 
 
 def _as_rows(x: Tensor, logits: Tensor) -> Tensor:

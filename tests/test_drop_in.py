@@ -346,20 +346,23 @@ def test_fused_backends_refuse_what_they_cannot_differentiate(backend):
     probs = torch.rand(4, 6)
     with pytest.raises(ValueError, match="epsilon: backend .* does not differentiate a per-row bias"):
         rk.robust_loss(logits, probs, "mae", epsilon=torch.rand(4, requires_grad=True), backend=backend)
-    with pytest.raises(ValueError, match="target: backend .* does not differentiate a probability target"):
+    with pytest.raises(ValueError, match="weight: backend .* does not differentiate weight"):
+        rk.robust_loss(logits, probs, "mae", weight=torch.rand(6, requires_grad=True), backend=backend)
+    with pytest.raises(ValueError, match="target: backend .* does not differentiate target"):
         rk.robust_loss(logits, probs.requires_grad_(), "mae", backend=backend)
 
 
-def test_torch_backend_differentiates_the_target_and_the_bias():
-    """Distillation through a teacher's probabilities, and a learned per-row bias."""
+def test_torch_backend_differentiates_the_target_the_weights_and_the_bias():
+    """Distillation through a teacher's probabilities, learned class weights, a learned per-row bias."""
     logits = torch.randn(3, 4, dtype=torch.float64)
     probs = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(4, dtype=torch.float64, requires_grad=True)
     eps = torch.rand(3, dtype=torch.float64, requires_grad=True)
 
-    def f(t, e):
-        return rk.robust_loss(logits, t, "nce_agce", epsilon=e, label_smoothing=0.1, backend="torch")
+    def f(t, w, e):
+        return rk.robust_loss(logits, t, "nce_agce", weight=w, epsilon=e, label_smoothing=0.1, backend="torch")
 
-    assert torch.autograd.gradcheck(f, (probs, eps))
+    assert torch.autograd.gradcheck(f, (probs, weight, eps))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
