@@ -5,17 +5,10 @@ an MLP 512-512 on composite handwritten digits, SGD with Nesterov, lr 0.4 at bat
 epoch of warm-up and a cosine schedule. Only the loss (with its published hyper-parameters), the
 class count ``K = 10**digits``, the label noise and the seed change; no loss is tuned.
 
-Published hyper-parameters depend on the dataset they were published for. Runs with ``K <= 10``
-take the CIFAR-10 values, runs with more classes the CIFAR-100 values (the largest class count
-any of these losses was published for with a full set of values): the authors' configuration
-files for CIFAR-10 / CIFAR-100 (APL, AGCE, the logit-bias paper), collected in :data:`PUBLISHED`.
-
-The "new" active-passive combination in the grid is ``nce_rce`` (NCE + RCE). Rule: among the
-combinations the library offers beyond the paper's own NF-MAE and NCE-AGCE, take the one the APL
-paper (Ma et al., ICML 2020) reports as its best on CIFAR-100, the dataset with the most classes
-in those papers; NCE+RCE leads APL's CIFAR-100 results at most noise rates and is the APL
-baseline the ALFs paper compares against. Its CIFAR-100 values are APL's (alpha 10, beta 0.1,
-the configuration those results were obtained with; ALFs' config uses beta 1).
+The rows of the table -- which library losses, with which bias and published hyper-parameters,
+and why the "new" active-passive combination is the one it is -- are an experiment's
+configuration, not library code: ``configs/paper_table.yaml``. Runs with ``K <= 10`` take the
+CIFAR-10 values, runs with more classes the CIFAR-100 values.
 """
 
 from __future__ import annotations
@@ -26,6 +19,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
@@ -44,20 +38,27 @@ __all__ = [
     "transferred_q",
 ]
 
-#: Published hyper-parameters per loss: ``(CIFAR-10 values, CIFAR-100 values)``.
-#: Losses not listed use the library defaults (``mae``: 2 (1 - p_y); ``bitemp``: t1 0.8,
-#: t2 1.2, since no per-dataset temperatures were published).
+#: The grid's configuration file (see the module docstring).
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "paper_table.yaml"
+
+
+def _load_config(path: Path = CONFIG) -> dict[str, Any]:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+_CONFIG = _load_config()
+
+#: Published hyper-parameters per loss: ``(CIFAR-10 values, CIFAR-100 values)``; losses not
+#: listed use the library defaults.
 PUBLISHED: dict[str, tuple[dict[str, float], dict[str, float]]] = {
-    "gce": ({"q": 0.7}, {"q": 0.7}),
-    "agce": ({"a": 0.6, "q": 0.6}, {"a": 0.6, "q": 0.6}),
-    "nce_agce": ({"alpha": 1.0, "beta": 4.0, "a": 6.0, "q": 1.5}, {"alpha": 10.0, "beta": 0.1, "a": 1.8, "q": 3.0}),
-    "nf_mae": ({"alpha": 1.0, "beta": 1.0, "gamma": 0.5}, {"alpha": 10.0, "beta": 1.0, "gamma": 0.5}),
-    "sce": ({"alpha": 0.1, "beta": 1.0}, {"alpha": 6.0, "beta": 0.1}),
-    "nce_rce": ({"alpha": 1.0, "beta": 1.0}, {"alpha": 10.0, "beta": 0.1}),
+    loss: (dict(values["cifar10"]), dict(values["cifar100"])) for loss, values in _CONFIG["published"].items()
 }
 
 #: The K the transferred GCE exponent starts from, and its published value there.
-GCE_FROM_CLASSES, GCE_Q = 10, 0.7
+GCE_FROM_CLASSES, GCE_Q = int(_CONFIG["transfer_from"]["classes"]), float(_CONFIG["transfer_from"]["q"])
 
 
 def published_params(loss: str, num_classes: int) -> dict[str, float]:
@@ -91,21 +92,13 @@ class LossChoice:
         return published_params(self.loss, num_classes)
 
 
+def _choice(entry: dict[str, Any]) -> LossChoice:
+    params = {"published": None, "transfer": lambda k: {"q": transferred_q(k)}}[entry.get("params", "published")]
+    return LossChoice(entry["loss"], entry.get("epsilon", 0.0), params)
+
+
 #: The rows of the table, in table order (labels are the ``--losses`` names).
-LOSS_CHOICES: dict[str, LossChoice] = {
-    "ce": LossChoice("ce"),
-    "mae": LossChoice("mae"),
-    "mae+eps": LossChoice("mae", "auto"),
-    "gce": LossChoice("gce"),
-    "gce+transfer": LossChoice("gce", params=lambda k: {"q": transferred_q(k)}),
-    "agce": LossChoice("agce"),
-    "nce_agce": LossChoice("nce_agce"),
-    "nf_mae": LossChoice("nf_mae"),
-    "nf_mae+eps": LossChoice("nf_mae", "auto"),
-    "sce": LossChoice("sce"),
-    "bitemp": LossChoice("bitemp"),
-    "nce_rce": LossChoice("nce_rce"),
-}
+LOSS_CHOICES: dict[str, LossChoice] = {label: _choice(entry) for label, entry in _CONFIG["losses"].items()}
 
 #: Noise settings of the grid: name -> (noise type of the library, rate).
 NOISE_SETTINGS: dict[str, tuple[str, float]] = {

@@ -25,8 +25,8 @@ GPU timings (none have been measured yet; ``benchmarks.run --device cuda`` is th
 * **Soft targets** (label smoothing, probability targets: every class carries a term) keep more per
   lane alive from the class terms to the gradient (``a``, ``r``, the class coefficients, nce's
   ``b``), so their single-pass limit is ``MAX_SINGLE_PASS_BLOCK_SOFT``: ptxas for sm_90 (compiled,
-  not run) reports 128 registers with 80-490 bytes of spills at 8192 lanes and 16 warps for sce and
-  nce + agce (bf16, with and without per-row eps), none at 4096 (97-124 registers); only a mask of
+  not run) reports 128 registers with 80-490 bytes of spills at 8192 lanes and 16 warps for ce + rce
+  and nce + agce (bf16, with and without per-row eps), none at 4096 (97-124 registers); only a mask of
   every soft primitive at once still spills there (348 bytes). fp64 keeps its limit: there nce + mae
   spills 28-44 bytes at 1024 and 2048 lanes, every soft primitive at once 840.
 """
