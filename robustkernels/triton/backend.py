@@ -90,10 +90,7 @@ def robust_loss(
 ) -> Tensor:
     """Backend contract (see :mod:`robustkernels.backends`): the fused loss, differentiable w.r.t. the
     logits (and a per-row ``epsilon`` tensor, except with a probability target or label smoothing).
-    Without grad the op runs with ``compute_grad=False`` and no gradient buffer is allocated.
-
-    Integer labels without ``weight`` and smoothing run ``fused_loss``; every other case (class
-    weights, label smoothing, a probability target ``[N, K]``) runs ``soft_loss``."""
+    Without grad the op runs with ``compute_grad=False`` and no gradient buffer is allocated."""
     from . import op
 
     eps_rows = epsilon if isinstance(epsilon, Tensor) else None
@@ -101,8 +98,5 @@ def robust_loss(
     eps = 0.0 if eps_rows is not None else epsilon
     terms, slots = spec.kernel_args(params)
     needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (eps_rows is not None and eps_rows.requires_grad))
-    if weight is None and label_smoothing == 0.0 and not target.is_floating_point():
-        args = (logits, target, eps_rows, eps, terms, runtime_floats(slots), ignore_index, reduction)
-        return op.fused_loss(*args, needs_grad)[0]
     args = (logits, target, eps_rows, weight, eps, terms, runtime_floats(slots), ignore_index)
-    return op.soft_loss(*args, to_float(label_smoothing), reduction, needs_grad)[0]
+    return op.fused_loss(*args, to_float(label_smoothing), reduction, needs_grad)[0]

@@ -8,9 +8,9 @@ one built by :func:`robustkernels.specs.combine` -- is the same kernel specialis
 weights and parameters are runtime scalars named after :data:`robustkernels.specs.KERNEL_SLOTS`. The
 per-row math is :mod:`._row_math`, the bi-tempered loss :mod:`._bitemp`, the row tiles :mod:`._tiles`.
 
-``soft_loss_kernel`` is the same kernel for the drop-in arguments of ``F.cross_entropy``: with integer
-labels and class weights alone (``LABEL_ONLY``) it runs the rows above scaled by ``w_y``; with label
-smoothing or a probability target it evaluates the expected loss over the class coefficients
+The same kernel takes the drop-in arguments of ``F.cross_entropy``: with integer labels and at most
+class weights (``LABEL_ONLY``) it runs the rows above, scaled by ``w_y`` where there are weights; with
+label smoothing or a probability target it evaluates the expected loss over the class coefficients
 ``u_k`` (:mod:`._soft`), each primitive's value and slope still those of :mod:`._row_math`.
 
 Memory traffic (why the common case is one read of the logits and one write of the gradient)
@@ -58,7 +58,7 @@ from ._row_math import BITEMP, NFL, NGCE, normalised_lane_grad, normalised_lane_
 from ._soft import soft_rows
 from ._tiles import first_tile, row_block, row_pass, row_scalars, row_stats, store_grad
 
-__all__ = ["fused_loss_kernel", "soft_loss_kernel", "rescale_grad_kernel", "BISECTION_STEPS", "to_output"]
+__all__ = ["fused_loss_kernel", "rescale_grad_kernel", "BISECTION_STEPS", "to_output"]
 
 
 @triton.jit
@@ -242,123 +242,6 @@ def fused_loss_kernel(
     stride_row,
     target_ptr,
     stride_target,
-    eps_ptr,
-    stride_eps,
-    eps_scalar,
-    loss_ptr,
-    grad_ptr,
-    inv_count_ptr,
-    num_rows,
-    num_classes,
-    ignore_index,
-    ce_weight,
-    mae_weight,
-    gce_weight,
-    gce_q,
-    agce_weight,
-    agce_a,
-    agce_q,
-    aul_weight,
-    aul_a,
-    aul_q,
-    ael_weight,
-    ael_a,
-    rce_weight,
-    rce_A,
-    focal_weight,
-    focal_gamma,
-    nce_weight,
-    nfl_weight,
-    nfl_gamma,
-    ngce_weight,
-    ngce_q,
-    nmae_weight,
-    nrce_weight,
-    nrce_A,
-    bitemp_weight,
-    bitemp_t1,
-    bitemp_t2,
-    bitemp_num_iters,
-    aul_a_minus_1,
-    bitemp_two_minus_t1,
-    TERMS: tl.constexpr,
-    EPS_PER_ROW: tl.constexpr,
-    HAS_GRAD: tl.constexpr,
-    HAS_INV_COUNT: tl.constexpr,
-    FP64: tl.constexpr,
-    ROWS: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    SINGLE_PASS: tl.constexpr,
-):
-    """Per-row loss (and, with ``HAS_GRAD``, the gradient) of ``ROWS`` rows per program; the scalars
-    after ``ignore_index`` are :data:`~robustkernels.specs.KERNEL_SLOTS`. ``SINGLE_PASS``: ``BLOCK_K
-    >= K``, the row stays in registers; otherwise it is walked in ``BLOCK_K`` tiles."""
-    slots = _slot_tuples(
-        ce_weight,
-        mae_weight,
-        gce_weight,
-        gce_q,
-        agce_weight,
-        agce_a,
-        agce_q,
-        aul_weight,
-        aul_a,
-        aul_q,
-        ael_weight,
-        ael_a,
-        rce_weight,
-        rce_A,
-        focal_weight,
-        focal_gamma,
-        nce_weight,
-        nfl_weight,
-        nfl_gamma,
-        ngce_weight,
-        ngce_q,
-        nmae_weight,
-        nrce_weight,
-        nrce_A,
-        bitemp_weight,
-        bitemp_t1,
-        bitemp_t2,
-        bitemp_num_iters,
-        aul_a_minus_1,
-        bitemp_two_minus_t1,
-    )
-    _label_rows(
-        logits_ptr,
-        stride_row,
-        target_ptr,
-        stride_target,
-        eps_ptr,
-        stride_eps,
-        eps_scalar,
-        loss_ptr,
-        grad_ptr,
-        inv_count_ptr,
-        loss_ptr,  # no row weights: never read
-        num_rows,
-        num_classes,
-        ignore_index,
-        slots,
-        TERMS,
-        EPS_PER_ROW,
-        HAS_GRAD,
-        HAS_INV_COUNT,
-        False,
-        FP64,
-        ROWS,
-        BLOCK_K,
-        SINGLE_PASS,
-    )
-
-
-@triton.jit(do_not_specialize=["ignore_index", "bitemp_num_iters"])
-def soft_loss_kernel(
-    logits_ptr,
-    stride_row,
-    target_ptr,
-    stride_target,
     stride_target_col,
     weight_ptr,
     row_weight_ptr,
@@ -416,15 +299,17 @@ def soft_loss_kernel(
     BLOCK_K: tl.constexpr,
     SINGLE_PASS: tl.constexpr,
 ):
-    """The drop-in cases of ``F.cross_entropy``: class weights, label smoothing, probability targets.
+    """Per-row loss (and, with ``HAS_GRAD``, the gradient) of ``ROWS`` rows per program; the scalars
+    after ``uniform_share`` are :data:`~robustkernels.specs.KERNEL_SLOTS`. ``SINGLE_PASS``: ``BLOCK_K
+    >= K``, the row stays in registers; otherwise it is walked in ``BLOCK_K`` tiles.
 
-    ``LABEL_ONLY`` (integer labels, no smoothing): the rows of ``fused_loss_kernel`` scaled by the
-    row weights ``w_y`` at ``row_weight_ptr`` (every loss, the cost of the integer path). Otherwise
+    ``LABEL_ONLY`` (integer labels, no smoothing): the integer-label rows, scaled by the row weights
+    ``w_y`` at ``row_weight_ptr`` with ``HAS_WEIGHT`` (every loss, the cost of the integer path). Otherwise
     the expected loss ``sum_k u_k L(z + eps e_k, k)`` of :mod:`._soft` with ``u_k = w_k (target_scale
     t_k + uniform_share)``, ``t`` the float target row (``FLOAT_TARGET``) or the one-hot label, the
     class weights ``w`` at ``weight_ptr`` (``HAS_WEIGHT``), ``target_scale = 1 - alpha`` and
     ``uniform_share = alpha / K`` formed on the host in double. ``grad_scale`` multiplies the gradient
-    (``1 / N`` for the mean over probability targets); the slots are those of ``fused_loss_kernel``.
+    (``1 / N`` for the mean over probability targets).
     """
     slots = _slot_tuples(
         ce_weight,

@@ -75,8 +75,8 @@ def _rows_for(block_k: int, num_rows: int, max_rows: int = MAX_ROWS) -> int:
 def forward_config(
     num_rows: int, num_classes: int, dtype: torch.dtype, max_single_pass: int | None = None, soft: bool = False
 ) -> LaunchConfig:
-    """Launch parameters of ``fused_loss_kernel`` (and ``soft_loss_kernel``: ``soft`` for its soft-target
-    variants) for ``[num_rows, num_classes]`` logits of ``dtype``.
+    """Launch parameters of ``fused_loss_kernel`` (``soft``: its soft-target variants) for
+    ``[num_rows, num_classes]`` logits of ``dtype``.
 
     ``max_single_pass`` overrides the single-pass limit (tests use it to exercise the column-tiled
     path at small ``K``).

@@ -1,27 +1,25 @@
 """torch.library registration of the Triton kernels: ops, fake kernels and autograd.
 
-Two ops in the ``robustkernels_triton`` namespace, with the native ``loss_forward``'s contract:
+One op in the ``robustkernels_triton`` namespace:
 
-``fused_loss(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, compute_grad)
--> (loss, grad)``
-    the loss, plus ``dL/dlogits`` (already divided by the row count for ``mean``) in a fresh buffer
-    of the logits' dtype when ``compute_grad``; without it the gradient output is an empty 1-D
-    tensor and no gradient byte is written. Its autograd formula is the design shared with the
-    native backend (:mod:`robustkernels._fused_autograd`); the in-place scaling by ``grad_output``
-    is ``rescale_grad_kernel``, which reads ``grad_output`` on the device (no host sync) and moves
-    no gradient byte where it is 1.
-
-``soft_loss(logits, target, eps_rows, weight, eps, terms, params, ignore_index, label_smoothing,
+``fused_loss(logits, target, eps_rows, weight, eps, terms, params, ignore_index, label_smoothing,
 reduction, compute_grad) -> (loss, grad)``
-    the same contract for ``F.cross_entropy``'s drop-in arguments (``docs/drop-in.md``): ``weight``
-    ``[K]`` or None, ``label_smoothing`` in ``[0, 1]``, ``target`` int64 / int32 labels or a float
-    ``[N, K]`` probability target (any strides). Integer labels without weight and smoothing run
-    ``fused_loss``'s body; integer labels with weight alone scale its rows by ``w_y`` (every loss);
-    otherwise the expected loss over the class coefficients ``u_k`` runs, for the primitives with a
-    one-pass form (:data:`~robustkernels.specs.SOFT_TARGET_TERMS`; any other bit is a ``ValueError``).
-    ``mean`` divides by ``sum_i w_{y_i}`` over the non-ignored rows for labels, by ``N`` for
-    probability targets. The same autograd formula; a per-row bias is not differentiated with soft
-    targets (the backward raises, the API refuses first).
+    the loss, plus ``dL/dlogits`` (already divided for ``mean``) in a fresh buffer of the logits'
+    dtype when ``compute_grad``; without it the gradient output is an empty 1-D tensor and no
+    gradient byte is written. ``target`` is int64 / int32 labels or a float ``[N, K]`` probability
+    target (any strides), ``weight`` ``[K]`` or None, ``label_smoothing`` in ``[0, 1]``
+    (``docs/drop-in.md``). Integer labels run the integer-label rows, scaled by ``w_y`` with a
+    weight (every loss); label smoothing and probability targets run the expected loss over the
+    class coefficients ``u_k``, for the primitives with a one-pass form
+    (:data:`~robustkernels.specs.SOFT_TARGET_TERMS`; any other bit is a ``ValueError``). ``mean``
+    divides by ``sum_i w_{y_i}`` over the non-ignored rows for labels (their count without
+    weight), by ``N`` for probability targets.
+
+    Its autograd formula is the design shared with the native backend
+    (:mod:`robustkernels._fused_autograd`); the in-place scaling by ``grad_output`` is
+    ``rescale_grad_kernel``, which reads ``grad_output`` on the device (no host sync) and moves no
+    gradient byte where it is 1. A per-row bias is not differentiated with soft targets (the
+    backward raises, the API refuses first).
 
 ``terms`` is the bit mask of the primitives present and ``params`` the values of
 :data:`~robustkernels.specs.KERNEL_SLOTS`, as :meth:`~robustkernels.specs.LossSpec.kernel_args`
@@ -50,7 +48,7 @@ from ..specs import KERNEL_SLOTS, PRIMITIVES, SOFT_TARGET_TERMS
 from . import kernels
 from .launch import forward_config, rescale_config
 
-__all__ = ["INTERPRETED", "fused_loss", "soft_loss", "REDUCTIONS"]
+__all__ = ["INTERPRETED", "fused_loss", "REDUCTIONS"]
 
 NAMESPACE = "robustkernels_triton"
 REDUCTIONS = ("none", "mean", "sum")
@@ -64,14 +62,11 @@ _ALL_TERMS = (1 << len(PRIMITIVES)) - 1
 _BITEMP = 1 << PRIMITIVES["bitemp"].bit
 
 
-def _takes_slots_by_name(kernel) -> bool:
-    args = list(inspect.signature(kernel.fn).parameters)
-    first = args.index(KERNEL_SLOTS[0])
-    return tuple(args[first : first + len(KERNEL_SLOTS)]) == KERNEL_SLOTS
-
-
-assert _takes_slots_by_name(kernels.fused_loss_kernel), "fused_loss_kernel must take specs.KERNEL_SLOTS by name"
-assert _takes_slots_by_name(kernels.soft_loss_kernel), "soft_loss_kernel must take specs.KERNEL_SLOTS by name"
+_KERNEL_ARGS = list(inspect.signature(kernels.fused_loss_kernel.fn).parameters)
+_FIRST_SLOT = _KERNEL_ARGS.index(KERNEL_SLOTS[0])
+assert tuple(_KERNEL_ARGS[_FIRST_SLOT : _FIRST_SLOT + len(KERNEL_SLOTS)]) == KERNEL_SLOTS, (
+    "fused_loss_kernel must take specs.KERNEL_SLOTS by name, in order"
+)
 
 #: Test hook: overrides the single-pass limit of the launch heuristic (None: the heuristic's own).
 max_single_pass_override: int | None = None
@@ -117,77 +112,10 @@ def _on_device(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _fused_loss(
-    logits: Tensor,
-    target: Tensor,
-    eps_rows: Tensor | None,
-    eps: float,
-    terms: int,
-    params: list[float],
-    ignore_index: int,
-    reduction: str,
-    compute_grad: bool,
-) -> tuple[Tensor, Tensor]:
-    _check_args(terms, params, reduction)
-    num_rows, num_classes = logits.shape
-    if logits.stride(1) != 1:
-        # Any row stride is read in place; only a non-unit column stride needs a copy.
-        logits = logits.contiguous()
-    cdtype = compute_dtype(logits.dtype)
-    rows = torch.empty(num_rows, dtype=cdtype, device=logits.device)
-    grad = torch.empty((num_rows, num_classes) if compute_grad else (0,), dtype=logits.dtype, device=logits.device)
-    # Pointers the kernel does not touch (no per-row eps, no gradient, not mean) get the read-only
-    # logits, never the written `rows`: wrap_triton's mutation analysis must not see two names for
-    # one written buffer.
-    unused = logits
-    count = None
-    inv_count = unused
-    if reduction == "mean":
-        # On device: no .item(). All rows ignored gives 0 / 0 = NaN, as F.cross_entropy.
-        count = (target != ignore_index).sum().to(cdtype)
-        if compute_grad:
-            inv_count = 1.0 / count
-    if num_rows > 0:
-        cfg = forward_config(num_rows, num_classes, logits.dtype, max_single_pass_override)
-        with _on_device(logits):
-            _launcher(kernels.fused_loss_kernel)[(cfg.grid_rows,)](
-                logits,
-                logits.stride(0),
-                target,
-                target.stride(0),
-                unused if eps_rows is None else eps_rows,
-                0 if eps_rows is None else eps_rows.stride(0),
-                float(eps),
-                rows,
-                grad if compute_grad else unused,
-                inv_count,
-                num_rows,
-                num_classes,
-                ignore_index,
-                **_slot_kwargs(params),
-                TERMS=terms,
-                EPS_PER_ROW=eps_rows is not None,
-                HAS_GRAD=compute_grad,
-                HAS_INV_COUNT=compute_grad and reduction == "mean",
-                FP64=cdtype == torch.float64,
-                ROWS=cfg.rows,
-                BLOCK_K=cfg.block_k,
-                SINGLE_PASS=cfg.single_pass,
-                num_warps=cfg.num_warps,
-            )
-    if reduction == "none":
-        loss = rows
-    elif reduction == "sum":
-        loss = rows.sum()
-    else:
-        loss = rows.sum() / count
-    return loss, grad
-
-
 # ---- the drop-in arguments: class weights, label smoothing, probability targets ------------------
 
 
-def _check_soft_args(
+def _check_call(
     logits: Tensor,
     target: Tensor,
     eps_rows: Tensor | None,
@@ -197,7 +125,7 @@ def _check_soft_args(
     label_smoothing: float,
     reduction: str,
 ) -> None:
-    """Raise ``ValueError`` naming the argument the soft kernel cannot run."""
+    """Raise ``ValueError`` naming the argument the kernel cannot run."""
     _check_args(terms, params, reduction)
     if logits.dim() != 2:
         raise ValueError(f"logits must be [N, K], got shape {tuple(logits.shape)}")
@@ -245,7 +173,7 @@ def _row_weights(target: Tensor, weight: Tensor, ignore_index: int) -> Tensor:
     return torch.where(valid, picked, 0.0)
 
 
-def _soft_loss(
+def _fused_loss(
     logits: Tensor,
     target: Tensor,
     eps_rows: Tensor | None,
@@ -258,20 +186,22 @@ def _soft_loss(
     reduction: str,
     compute_grad: bool,
 ) -> tuple[Tensor, Tensor]:
-    _check_soft_args(logits, target, eps_rows, weight, terms, params, label_smoothing, reduction)
+    _check_call(logits, target, eps_rows, weight, terms, params, label_smoothing, reduction)
     float_target = target.is_floating_point()
     label_only = not float_target and label_smoothing == 0.0
-    if label_only and weight is None:
-        return _fused_loss(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, compute_grad)
     num_rows, num_classes = logits.shape
     if logits.stride(1) != 1:
+        # Any row stride is read in place; only a non-unit column stride needs a copy.
         logits = logits.contiguous()
     cdtype = compute_dtype(logits.dtype)
     if weight is not None:
         weight = weight.to(cdtype).contiguous()  # as the API hands it over: no copy
     rows = torch.empty(num_rows, dtype=cdtype, device=logits.device)
     grad = torch.empty((num_rows, num_classes) if compute_grad else (0,), dtype=logits.dtype, device=logits.device)
-    unused = logits  # read-only stand-in for the pointers a variant does not touch (see _fused_loss)
+    # Pointers the kernel does not touch (no per-row eps, no gradient, not mean) get the read-only
+    # logits, never the written `rows`: wrap_triton's mutation analysis must not see two names for
+    # one written buffer.
+    unused = logits
     row_weights = None
     if not float_target and weight is not None and (label_only or reduction == "mean"):
         row_weights = _row_weights(target, weight, ignore_index)
@@ -291,14 +221,14 @@ def _soft_loss(
     if num_rows > 0:
         cfg = forward_config(num_rows, num_classes, logits.dtype, max_single_pass_override, soft=not label_only)
         with _on_device(logits):
-            _launcher(kernels.soft_loss_kernel)[(cfg.grid_rows,)](
+            _launcher(kernels.fused_loss_kernel)[(cfg.grid_rows,)](
                 logits,
                 logits.stride(0),
                 target,
                 target.stride(0),
                 target.stride(1) if float_target else 0,
                 unused if weight is None else weight,
-                row_weights if label_only else unused,
+                row_weights if label_only and row_weights is not None else unused,
                 unused if eps_rows is None else eps_rows,
                 0 if eps_rows is None else eps_rows.stride(0),
                 float(eps),
@@ -363,27 +293,25 @@ def _rescale_in_place(grad: Tensor, grad_output: Tensor) -> None:
 
 if INTERPRETED:
     fused_loss = torch.library.custom_op(f"{NAMESPACE}::fused_loss", _fused_loss, mutates_args=())
-    soft_loss = torch.library.custom_op(f"{NAMESPACE}::soft_loss", _soft_loss, mutates_args=())
 
     @fused_loss.register_fake
-    def _(logits, target, eps_rows, eps, terms, params, ignore_index, reduction, compute_grad):
-        _check_args(terms, params, reduction)
-        return _empty_outputs(logits, reduction, compute_grad)
-
-    @soft_loss.register_fake
     def _(logits, target, eps_rows, weight, eps, terms, params, ignore_index, label_smoothing, reduction, compute_grad):
-        _check_soft_args(logits, target, eps_rows, weight, terms, params, label_smoothing, reduction)
+        _check_call(logits, target, eps_rows, weight, terms, params, label_smoothing, reduction)
         return _empty_outputs(logits, reduction, compute_grad)
 
 else:
     from torch.library import triton_op
 
     fused_loss = triton_op(f"{NAMESPACE}::fused_loss", _fused_loss, mutates_args=())
-    soft_loss = triton_op(f"{NAMESPACE}::soft_loss", _soft_loss, mutates_args=())
 
 
 def _recompute_grad(logits: Tensor, target: Tensor, eps_rows: Tensor | None, op_args: tuple) -> Tensor:
     return fused_loss(logits, target, eps_rows, *op_args[:-1], True)[1]
+
+
+def _decode(op_args: tuple) -> OpCall:
+    weight, eps, terms, params, ignore_index, label_smoothing, reduction, _ = op_args
+    return OpCall(eps, terms, params, ignore_index, reduction, weight, label_smoothing)
 
 
 register_autograd(
@@ -392,26 +320,6 @@ register_autograd(
         recompute=_recompute_grad,
         # Looked up at call time, so that a test can record the launches by patching the module.
         scale_in_place=lambda grad, grad_output: _rescale_in_place(grad, grad_output),
-        # (eps, terms, slots, ignore_index, reduction by name); the last argument is compute_grad.
-        decode=lambda op_args: OpCall(*op_args[:-1]),
-    )
-)
-
-
-def _recompute_soft_grad(logits: Tensor, target: Tensor, eps_rows: Tensor | None, op_args: tuple) -> Tensor:
-    return soft_loss(logits, target, eps_rows, *op_args[:-1], True)[1]
-
-
-def _decode_soft(op_args: tuple) -> OpCall:
-    weight, eps, terms, params, ignore_index, label_smoothing, reduction, _ = op_args
-    return OpCall(eps, terms, params, ignore_index, reduction, weight, label_smoothing)
-
-
-register_autograd(
-    FusedOp(
-        op=soft_loss,
-        recompute=_recompute_soft_grad,
-        scale_in_place=lambda grad, grad_output: _rescale_in_place(grad, grad_output),
-        decode=_decode_soft,
+        decode=_decode,
     )
 )

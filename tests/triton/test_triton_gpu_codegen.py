@@ -37,21 +37,28 @@ SCRIPT = textwrap.dedent(
     bitemp = 1 << PRIMITIVES["bitemp"].bit
     variants = [(name, 1 << p.bit, cases if name == "bitemp" else cases[:1]) for name, p in PRIMITIVES.items()]
     variants.append(("every softmax primitive", (1 << len(PRIMITIVES)) - 1 - bitemp, cases))
+    def compile_forward(terms, dtype, k, label_only, float_target, weight, per_row, grad, int32=False):
+        cfg = launch.forward_config(4096, k, dtype, soft=not label_only)
+        cdt = "fp64" if dtype == torch.float64 else "fp32"
+        target_type = "*bf16" if float_target else "*i32" if int32 else "*i64"
+        sig = {"logits_ptr": "*" + dtypes[dtype], "stride_row": "i32", "target_ptr": target_type,
+               "stride_target": "i32", "stride_target_col": "i32", "weight_ptr": "*" + cdt,
+               "row_weight_ptr": "*" + cdt, "eps_ptr": "*fp32", "stride_eps": "i32", "eps_scalar": "fp32",
+               "loss_ptr": "*" + cdt, "grad_ptr": "*" + dtypes[dtype], "inv_count_ptr": "*" + cdt,
+               "grad_scale": "fp32", "num_rows": "i32", "num_classes": "i32", "ignore_index": "i32",
+               "target_scale": "fp32", "uniform_share": "fp32"}
+        sig.update({s: "i32" if s in op._INT_SLOTS else "fp32" for s in KERNEL_SLOTS})
+        consts = dict(TERMS=terms, LABEL_ONLY=label_only, FLOAT_TARGET=float_target, HAS_WEIGHT=weight,
+                      EPS_PER_ROW=per_row, HAS_GRAD=grad, HAS_INV_COUNT=grad and not float_target,
+                      FP64=dtype == torch.float64, ROWS=cfg.rows, BLOCK_K=cfg.block_k, SINGLE_PASS=cfg.single_pass)
+        sig.update({c: "constexpr" for c in consts})
+        compiled = triton.compile(ASTSource(kernels.fused_loss_kernel, sig, consts), target=target,
+                                  options={"num_warps": cfg.num_warps})
+        assert compiled.asm["cubin"], (terms, dtype, k)
+
     for name, terms, shapes in variants:
         for dtype, k, per_row, grad, int32 in shapes:
-            cfg = launch.forward_config(4096, k, dtype)
-            cdt = "fp64" if dtype == torch.float64 else "fp32"
-            sig = {"logits_ptr": "*" + dtypes[dtype], "stride_row": "i32", "target_ptr": "*i32" if int32 else "*i64",
-                   "stride_target": "i32", "eps_ptr": "*fp32", "stride_eps": "i32", "eps_scalar": "fp32",
-                   "loss_ptr": "*" + cdt, "grad_ptr": "*" + dtypes[dtype], "inv_count_ptr": "*" + cdt,
-                   "num_rows": "i32", "num_classes": "i32", "ignore_index": "i32"}
-            sig.update({s: "i32" if s in op._INT_SLOTS else "fp32" for s in KERNEL_SLOTS})
-            consts = dict(TERMS=terms, EPS_PER_ROW=per_row, HAS_GRAD=grad, HAS_INV_COUNT=grad,
-                          FP64=dtype == torch.float64, ROWS=cfg.rows, BLOCK_K=cfg.block_k, SINGLE_PASS=cfg.single_pass)
-            sig.update({c: "constexpr" for c in consts})
-            compiled = triton.compile(ASTSource(kernels.fused_loss_kernel, sig, consts), target=target,
-                                      options={"num_warps": cfg.num_warps})
-            assert compiled.asm["cubin"], (name, dtype)
+            compile_forward(terms, dtype, k, True, False, False, per_row, grad, int32)
         print("ok", name, flush=True)
     for per_row in (True, False):
         for dtype in ("bf16", "fp64"):
@@ -74,24 +81,8 @@ SCRIPT = textwrap.dedent(
         (1 << PRIMITIVES["gce"].bit, torch.float16, 13, False, True, False, False, False),
         (softmax_all, torch.bfloat16, 20000, True, False, True, False, True),
     ]
-    for terms, dtype, k, label_only, float_target, weight, per_row, grad in soft_cases:
-        cfg = launch.forward_config(4096, k, dtype, soft=not label_only)
-        cdt = "fp64" if dtype == torch.float64 else "fp32"
-        sig = {"logits_ptr": "*" + dtypes[dtype], "stride_row": "i32",
-               "target_ptr": "*bf16" if float_target else "*i64", "stride_target": "i32",
-               "stride_target_col": "i32", "weight_ptr": "*" + cdt, "row_weight_ptr": "*" + cdt,
-               "eps_ptr": "*fp32", "stride_eps": "i32", "eps_scalar": "fp32", "loss_ptr": "*" + cdt,
-               "grad_ptr": "*" + dtypes[dtype], "inv_count_ptr": "*" + cdt, "grad_scale": "fp32",
-               "num_rows": "i32", "num_classes": "i32", "ignore_index": "i32", "target_scale": "fp32",
-               "uniform_share": "fp32"}
-        sig.update({s: "i32" if s in op._INT_SLOTS else "fp32" for s in KERNEL_SLOTS})
-        consts = dict(TERMS=terms, LABEL_ONLY=label_only, FLOAT_TARGET=float_target, HAS_WEIGHT=weight,
-                      EPS_PER_ROW=per_row, HAS_GRAD=grad, HAS_INV_COUNT=grad and not float_target,
-                      FP64=dtype == torch.float64, ROWS=cfg.rows, BLOCK_K=cfg.block_k, SINGLE_PASS=cfg.single_pass)
-        sig.update({c: "constexpr" for c in consts})
-        compiled = triton.compile(ASTSource(kernels.soft_loss_kernel, sig, consts), target=target,
-                                  options={"num_warps": cfg.num_warps})
-        assert compiled.asm["cubin"], (terms, dtype, k)
+    for case in soft_cases:
+        compile_forward(*case)
     print("ok soft")
     """
 )

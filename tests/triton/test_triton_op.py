@@ -21,7 +21,7 @@ from robustkernels.triton import kernels, op
 def _op_args(logits, target, name, eps=0.5, eps_rows=None, reduction="mean", ignore_index=-100):
     spec = rk.LOSSES[name]
     terms, slots = spec.kernel_args(spec.resolve({}))
-    return (logits, target, eps_rows, eps, terms, [float(v) for v in slots], ignore_index, reduction, True)
+    return (logits, target, eps_rows, None, eps, terms, [float(v) for v in slots], ignore_index, 0.0, reduction, True)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -81,6 +81,9 @@ class _RecordOps(TorchDispatchMode):
         return out
 
 
+_GRAD_ARG = list(inspect.signature(kernels.fused_loss_kernel.fn).parameters).index("grad_ptr")
+
+
 def _record_gradient_outputs(monkeypatch) -> list:
     """Patch the launcher so that each forward-kernel launch appends ``(HAS_GRAD, the gradient
     argument's shape and data pointer, a copy of what the kernel wrote there)`` to the returned
@@ -97,7 +100,7 @@ def _record_gradient_outputs(monkeypatch) -> list:
                 def run(*args, **kwargs):
                     out = launch[grid](*args, **kwargs)
                     if kernel is kernels.fused_loss_kernel:
-                        grad = args[8]
+                        grad = args[_GRAD_ARG]
                         seen.append((kwargs["HAS_GRAD"], (grad.shape, grad.data_ptr()), grad.clone()))
                     return out
 
@@ -186,12 +189,15 @@ def test_forward_only_path_allocates_no_gradient(monkeypatch):
 
 def test_hyper_parameters_and_eps_are_runtime_arguments():
     """Only the term mask, static feature flags and tile shapes are compile-time constants: a new
-    weight, q, gamma, t2, num_iters or eps reuses the compiled kernel, and every slot of the table
-    is a kernel argument of its own name."""
+    weight, q, gamma, t2, num_iters, eps, label smoothing or gradient scale reuses the compiled
+    kernel, and every slot of the table is a kernel argument of its own name."""
     fn = kernels.fused_loss_kernel.fn
     constexprs = {name for name, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
     assert constexprs == {
         "TERMS",
+        "LABEL_ONLY",
+        "FLOAT_TARGET",
+        "HAS_WEIGHT",
         "EPS_PER_ROW",
         "HAS_GRAD",
         "HAS_INV_COUNT",
@@ -200,7 +206,8 @@ def test_hyper_parameters_and_eps_are_runtime_arguments():
         "BLOCK_K",
         "SINGLE_PASS",
     }
-    assert {"eps_scalar", *KERNEL_SLOTS} <= set(inspect.signature(fn).parameters)
+    runtime = {"eps_scalar", "target_scale", "uniform_share", "grad_scale", *KERNEL_SLOTS}
+    assert runtime <= set(inspect.signature(fn).parameters)
 
 
 def test_every_spec_parameter_reaches_the_kernel():
@@ -235,7 +242,7 @@ def test_op_rejects_a_mask_or_slot_table_the_kernel_cannot_run():
         for compute_grad in (False, True):
             with pytest.raises(ValueError, match=message):
                 slot_values = [float(v) for v in bad_slots]
-                op.fused_loss(logits, target, None, 0.0, bad_terms, slot_values, -100, "mean", compute_grad)
+                op.fused_loss(logits, target, None, None, 0.0, bad_terms, slot_values, -100, 0.0, "mean", compute_grad)
 
 
 def test_unavailable_reasons():

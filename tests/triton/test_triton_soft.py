@@ -324,7 +324,7 @@ def test_opcheck():
         _op_args(x.detach().bfloat16(), probs, "ce", weight=weight, reduction="sum", grad=False),
     ]
     for args in cases:
-        torch.library.opcheck(op.soft_loss, args)
+        torch.library.opcheck(op.fused_loss, args)
 
 
 def test_errors_name_the_argument():
@@ -344,7 +344,7 @@ def test_errors_name_the_argument():
     ]
     for args, message in cases:
         with pytest.raises(ValueError, match=message):
-            op.soft_loss(*args)
+            op.fused_loss(*args)
 
 
 def test_soft_bias_gradient_is_refused():
@@ -394,28 +394,3 @@ def test_confident_rows_keep_one_minus_p():
             for eps in (0.0, 1.5, -0.5):
                 got = fused(logits, target, loss, eps=eps, alpha=alpha)
                 _check(got, brute_force(logits, target, loss, eps=eps, alpha=alpha), 2e-5, f"{loss} eps {eps}")
-
-
-def test_only_structure_is_compile_time():
-    """The smoothing, the gradient scale, eps and every slot are runtime arguments of the soft kernel."""
-    import inspect
-
-    from robustkernels.specs import KERNEL_SLOTS
-    from robustkernels.triton import kernels
-
-    params = inspect.signature(kernels.soft_loss_kernel.fn).parameters
-    constexprs = {name for name, p in params.items() if "constexpr" in str(p.annotation)}
-    assert constexprs == {
-        "TERMS",
-        "LABEL_ONLY",
-        "FLOAT_TARGET",
-        "HAS_WEIGHT",
-        "EPS_PER_ROW",
-        "HAS_GRAD",
-        "HAS_INV_COUNT",
-        "FP64",
-        "ROWS",
-        "BLOCK_K",
-        "SINGLE_PASS",
-    }
-    assert {"eps_scalar", "target_scale", "uniform_share", "grad_scale", *KERNEL_SLOTS} <= set(params)
