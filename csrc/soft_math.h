@@ -78,6 +78,9 @@ struct TargetSums {
 // formed per class, else skipped.
 constexpr unsigned kNeedsProbability = (1u << kMAE) | (1u << kAGCE) | (1u << kAUL) | (1u << kAEL) | (1u << kRCE) |
                                        (1u << kNMAE) | (1u << kNRCE);
+// The primitives that read log q (the others read q and 1 - q only): of a biased class, log r =
+// -log1p(x) -- its one transcendental -- is formed only for them; q = e^eps a r needs a division.
+constexpr unsigned kNeedsLog = (1u << kCE) | (1u << kGCE) | (1u << kFOCAL) | (1u << kNCE);
 
 // ClassTerms of the classes of one vector (or one class), from z - m, e = exp(z - m), 1 - a and
 // u. 1 - q = (1 - a) r: no expm1 per logit, and exact as the 1 - a given.
@@ -87,13 +90,16 @@ RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars
   using O = Ops<V>;
   const V zero(T(0));
   const V a = e * V(s.inv_s);
-  V lq = zm - V(s.log_s);  // log a: (z - m) - log S, never z - (m + log S)
+  // log a: (z - m) - log S, never z - (m + log S); log q where a primitive of the mask reads it.
+  V lq = zm - V(s.log_s);
   V q = a, omq = one_minus_a, r(T(1)), lr = zero, x = zero;
   if (s.biased) {
     x = V(s.em1) * a;
-    lr = zero - O::log1p(x);
     r = V(T(1)) / (V(T(1)) + x);  // 1 + x >= e^eps > 0
-    lq = lq + (V(s.eps) + lr);
+    if ((mask & kNeedsLog) != 0) {
+      lr = zero - O::log1p(x);
+      lq = lq + (V(s.eps) + lr);
+    }
     if ((mask & kNeedsProbability) != 0) {
       q = V(s.exp_eps) * a * r;
       omq = one_minus_a * r;
@@ -121,6 +127,32 @@ RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars
   out.b = O::select_nonzero(u, out.b);
   return out;
 }
+
+// class_terms of the row's classes, as a Row's class_sums calls it. A named functor, not a
+// lambda: its call is forced inline into the Row's pass (RK_ELEM), where a lambda's call per
+// vector was left out of line, spilling every vector register.
+template <class T>
+struct SoftClassTerms {
+  unsigned mask;
+  const T* prm;
+  const SoftScalars<T>* s;
+
+  template <class V>
+  RK_ELEM ClassTerms<V> operator()(V zm, V e, V u) const {
+    return class_terms<T>(mask, prm, *s, zm, e, V(T(1)) - e * V(s->inv_s), u);
+  }
+};
+
+// d_k of SoftClassTerms alone, for a Row that recomputes it in the gradient pass.
+template <class T>
+struct SoftClassD {
+  SoftClassTerms<T> terms;
+
+  template <class V>
+  RK_ELEM V operator()(V zm, V e, V u) const {
+    return terms(zm, e, u).d;
+  }
+};
 
 // The gradient grad_j = scale (d_j - a_j P + Q), the lane j* as in the docs at the top.
 template <class T, class Row, class DOf>
@@ -198,16 +230,10 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     }
     return loss;
   }
-  auto terms = [mask, prm, &s](auto zm, auto e, auto u) {
-    using V = decltype(zm);
-    return class_terms<T>(mask, prm, s, zm, e, V(T(1)) - e * V(s.inv_s), u);
-  };
+  const SoftClassTerms<T> terms{mask, prm, &s};
   const ClassSums<T> rest = row.class_sums(terms);
   const ClassTerms<T> star = class_terms<T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
-  if (need_grad) {
-    auto d_of = [terms](auto zm, auto e, auto u) { return terms(zm, e, u).d; };
-    write_soft_grad(row, d_of, s, others, star, rest, scale);
-  }
+  if (need_grad) write_soft_grad(row, SoftClassD<T>{terms}, s, others, star, rest, scale);
   return rest.loss + star.loss;
 }
 

@@ -1,7 +1,10 @@
 // Soft-target rows on the CPU: at::parallel_for over rows; each row's logits are copied once into
 // a per-thread buffer in the compute type, its class coefficients u formed into a second, and the
 // passes of soft_math.h's soft_row run over those buffers with ATen's SIMD vectors, keeping
-// exp(z_j - m) and d_j for the gradient pass (one read of the logits and target, one write).
+// exp(z_j - m) and d_j for the gradient pass (one read of the logits and target, one write). A
+// row of 4 K values stays in L1 for K up to about 2000, so each pass after the copy costs its
+// arithmetic only: the exp pass also finds j* and the target's sums, and the class pass is
+// inlined whole (SoftClassTerms), its transcendentals those of the primitives present.
 #include "cpu/soft_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -55,58 +58,56 @@ struct SoftCpuRow {
   int64_t special = 0;
   bool have_d = false;
 
+  TargetSums<T> target = {};
+  T others_e = T(0);  // sum_{j != j*} e_j
+
   bool in_block(int64_t j) const { return special >= j && special < j + kLanes; }
 
+  // find_special, target_sums and remember_exp in one pass over z and u (the calls below answer
+  // from it): e_j stored, j* found in the first block that holds z_j - m = 0, and the lane j*
+  // zeroed in that block's share of the sums over k != j*.
   void find_special(T m) {
+    Vec acc_u(T(0)), acc_uz(T(0)), acc_e(T(0));
+    bool found = false;
     int64_t j = 0;
     for (; j + kLanes <= K; j += kLanes) {
-      const int zeros = (Vec::loadu(z + j) - Vec(m)).zero_mask();
-      if (zeros != 0) {
-        special = j + __builtin_ctz(static_cast<unsigned>(zeros));
-        return;
-      }
-    }
-    for (; j < K; ++j) {
-      if (z[j] - m == T(0)) {
-        special = j;
-        return;
-      }
-    }
-  }
-
-  TargetSums<T> target_sums(T m) const {
-    Vec acc_u(T(0)), acc_uz(T(0));
-    int64_t j = 0;
-    for (; j + kLanes <= K; j += kLanes) {
+      const Vec zm = Vec::loadu(z + j) - Vec(m);
       Vec uv = Vec::loadu(u + j);
-      acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * (Vec::loadu(z + j) - Vec(m)));
-      if (in_block(j)) uv = zero_lane(uv, special - j);
+      Vec ev = Ops<Vec>::exp_shifted(zm);
+      ev.store(e + j);
+      acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * zm);
+      if (!found) {
+        const int zeros = zm.zero_mask();
+        if (zeros != 0) {
+          found = true;
+          special = j + __builtin_ctz(static_cast<unsigned>(zeros));
+          uv = zero_lane(uv, special - j);
+          ev = zero_lane(ev, special - j);
+        }
+      }
       acc_u = acc_u + uv;
+      acc_e = acc_e + ev;
     }
-    T total_u = lane_sum(acc_u), total_uz = lane_sum(acc_uz);
+    T total_u = lane_sum(acc_u), total_uz = lane_sum(acc_uz), total_e = lane_sum(acc_e);
     for (; j < K; ++j) {
-      total_uz += Ops<T>::select_nonzero(u[j], u[j] * (z[j] - m));
-      if (j != special) total_u += u[j];
+      const T zm = z[j] - m;
+      e[j] = Ops<T>::exp_shifted(zm);
+      total_uz += Ops<T>::select_nonzero(u[j], u[j] * zm);
+      if (!found && zm == T(0)) {
+        found = true;
+        special = j;
+        continue;
+      }
+      total_u += u[j];
+      total_e += e[j];
     }
-    return {u[special], total_u, total_uz, bad};
+    target = {u[special], total_u, total_uz, bad};
+    others_e = total_e;
   }
 
-  T remember_exp(T m) {
-    Vec acc(T(0));
-    int64_t j = 0;
-    for (; j + kLanes <= K; j += kLanes) {
-      Vec ev = Ops<Vec>::exp_shifted(Vec::loadu(z + j) - Vec(m));
-      ev.store(e + j);
-      if (in_block(j)) ev = zero_lane(ev, special - j);
-      acc = acc + ev;
-    }
-    T total = lane_sum(acc);
-    for (; j < K; ++j) {
-      e[j] = Ops<T>::exp_shifted(z[j] - m);
-      if (j != special) total += e[j];
-    }
-    return total;
-  }
+  TargetSums<T> target_sums(T /*m*/) const { return target; }
+
+  T remember_exp(T /*m*/) const { return others_e; }
 
   template <class F>
   T sum_of(const F& f) const {

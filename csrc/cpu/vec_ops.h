@@ -1,6 +1,6 @@
 // Ops<Vectorized<T>>: the elementwise operations of loss_math.h on ATen's SIMD vectors, so
 // the CPU kernel evaluates the shared formulas a whole vector at a time (exp_avx2.h for float
-// exp, Sleef for the rest).
+// exp, expm1 and log1p, Sleef for the rest).
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
@@ -36,7 +36,12 @@ struct Ops<at::vec::Vectorized<T>> {
 #endif
     return x.expm1();
   }
-  static V log1p(const V& x) { return x.log1p(); }
+  static V log1p(const V& x) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(log1p_avx2(x));
+#endif
+    return x.log1p();
+  }
   static V max(const V& a, const V& b) { return at::vec::maximum(a, b); }  // propagates NaN
   static V clamp_min(const V& x, const V& low) { return at::vec::clamp_min(x, low); }  // keeps NaN
   static V select_gt(const V& x, const V& threshold, const V& yes, const V& no) {
