@@ -12,8 +12,12 @@ Label smoothing: the fused integer-label path with ``label_smoothing=0.1`` again
 without it (the cost of smoothing), next to ``F.cross_entropy(label_smoothing=0.1)``.
 
 Variants of one case are timed round-robin within each repeat (a noisy shared machine slows
-them alike); speed-ups are medians of per-repeat ratios. Writes benchmarks/results/drop_in.json
-and drop_in.md with the command line.
+them alike), with an ``x.clone()`` of the logits among them: the same-run copy bandwidth. Each
+fused time is also given as GB/s under the minimal-bytes model -- read the logits and write the
+gradient, plus read the target for probability targets (``N K 4`` bytes each), plus the labels
+and the per-row losses -- and as a share of that copy bandwidth: how close the kernel is to what
+the memory allows. Speed-ups are medians of per-repeat ratios. Writes
+benchmarks/results/drop_in.json and drop_in.md with the command line.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import robustkernels as rk
+from benchmarks import _measure as M
 from benchmarks._measure import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,6 +83,28 @@ def _time(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def _bandwidth(fused_s: float, copy_s: float, n: int, k: int, probabilities: bool) -> dict[str, float]:
+    """GB/s of the fused call under the minimal-bytes model, and its share of the copy's GB/s."""
+    nbytes = M.model_bytes(n, k, 4, "fwd+bwd") + (n * k * 4 if probabilities else 0)
+    fused, copy = M.gbps(nbytes, fused_s), M.gbps(M.copy_bytes(n, k, 4), copy_s)
+    return {"model_gb": nbytes / 1e9, "fused_gbps": fused, "copy_gbps": copy, "share_of_copy": fused / copy}
+
+
+def _with_copy(variants: dict, logits: torch.Tensor) -> dict:
+    source = logits.detach().clone()
+    return {**variants, "copy": lambda x, y: _Clone(source)}
+
+
+class _Clone:
+    """A stand-in loss whose backward is nothing: timing it times ``source.clone()`` alone."""
+
+    def __init__(self, source: torch.Tensor) -> None:
+        self.copy = source.clone()
+
+    def backward(self) -> None:
+        pass
+
+
 def _round_robin(variants: dict, logits, target, repeats: int, warmup: int) -> dict[str, list[float]]:
     for fn in variants.values():
         for _ in range(warmup):
@@ -111,10 +138,12 @@ def bench_probabilities(loss: str, eps: float, args) -> dict:
     }
     reference = float(rk.robust_loss(logits.detach().double(), t.double(), loss, epsilon=eps, backend="torch"))
     _check_same(variants, logits, t, reference, loss)
-    times = _round_robin(variants, logits, t, args.repeats, args.warmup)
+    times = _round_robin(_with_copy(variants, logits), logits, t, args.repeats, args.warmup)
+    fused_s, copy_s = statistics.median(times["fused"]), statistics.median(times["copy"])
     return {
         "case": f"{loss} probabilities, eps={eps:g}",
         "ms": {label: 1e3 * statistics.median(v) for label, v in times.items()},
+        "bandwidth": _bandwidth(fused_s, copy_s, args.n, args.k, probabilities=True),
         "speedup_vs_compile": statistics.median(c / f for f, c in zip(times["fused"], times["compile"])),
         "speedup_vs_eager": statistics.median(e / f for f, e in zip(times["fused"], times["eager"])),
     }
@@ -130,10 +159,12 @@ def bench_smoothing(loss: str, eps: float, args) -> dict:
     }
     if loss == "ce" and eps == 0.0:
         variants["F.cross_entropy"] = lambda x, y: F.cross_entropy(x, y, label_smoothing=0.1)
-    times = _round_robin(variants, logits, target, args.repeats, args.warmup)
+    times = _round_robin(_with_copy(variants, logits), logits, target, args.repeats, args.warmup)
+    smoothed_s, copy_s = statistics.median(times["smoothed"]), statistics.median(times["copy"])
     return {
         "case": f"{loss} label smoothing 0.1, eps={eps:g}",
         "ms": {label: 1e3 * statistics.median(v) for label, v in times.items()},
+        "bandwidth": _bandwidth(smoothed_s, copy_s, args.n, args.k, probabilities=False),
         "overhead": statistics.median(s / p - 1.0 for p, s in zip(times["plain"], times["smoothed"])),
     }
 
@@ -150,28 +181,37 @@ def _markdown(prob: list[dict], smooth: list[dict], meta: dict) -> str:
         "",
         f"Target: fused >= {COMPILE_TARGET:g}x the torch.compiled naive form `(t * per_class_loss).sum(1).mean()`.",
         "",
-        "| case | fused ms | eager ms | compile ms | vs eager | vs compile |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| case | fused ms | eager ms | compile ms | vs eager | vs compile | fused GB/s | of copy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in prob:
-        ms = r["ms"]
+        ms, bw = r["ms"], r["bandwidth"]
         lines.append(
             f"| {r['case']} | {ms['fused']:.1f} | {ms['eager']:.1f} | {ms['compile']:.1f} "
-            f"| {r['speedup_vs_eager']:.1f}x | {r['speedup_vs_compile']:.1f}x |"
+            f"| {r['speedup_vs_eager']:.1f}x | {r['speedup_vs_compile']:.1f}x "
+            f"| {bw['fused_gbps']:.1f} | {100 * bw['share_of_copy']:.0f} % |"
         )
     lines += [
         "",
         f"Target: label smoothing costs the fused integer-label path at most {100 * SMOOTHING_OVERHEAD:.0f} %.",
         "",
-        "| case | without ms | with ms | overhead | F.cross_entropy ms |",
-        "|---|---:|---:|---:|---:|",
+        "| case | without ms | with ms | overhead | F.cross_entropy ms | with: GB/s | of copy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in smooth:
-        ms = r["ms"]
+        ms, bw = r["ms"], r["bandwidth"]
         ce = f"{ms['F.cross_entropy']:.1f}" if "F.cross_entropy" in ms else "-"
         lines.append(
-            f"| {r['case']} | {ms['plain']:.1f} | {ms['smoothed']:.1f} | {100 * r['overhead']:+.0f} % | {ce} |"
+            f"| {r['case']} | {ms['plain']:.1f} | {ms['smoothed']:.1f} | {100 * r['overhead']:+.0f} % | {ce} "
+            f"| {bw['fused_gbps']:.1f} | {100 * bw['share_of_copy']:.0f} % |"
         )
+    copy = statistics.median(r["bandwidth"]["copy_gbps"] for r in prob + smooth)
+    lines += [
+        "",
+        "Minimal bytes: read the logits and write the gradient (the model of benchmarks/_measure.py), "
+        "plus one read of the target for probability targets. Same-run copy (`x.clone()` of the "
+        f"logits): median {copy:.1f} GB/s.",
+    ]
     return "\n".join(lines) + "\n"
 
 
