@@ -129,70 +129,11 @@ def _softmax_row(src, dst, invalid, labels, norms, TERMS, HAS_GRAD, FP64, BLOCK_
 
 
 @triton.jit
-def _slot_tuples(
-    ce_weight,
-    mae_weight,
-    gce_weight,
-    gce_q,
-    agce_weight,
-    agce_a,
-    agce_q,
-    aul_weight,
-    aul_a,
-    aul_q,
-    ael_weight,
-    ael_a,
-    rce_weight,
-    rce_A,
-    focal_weight,
-    focal_gamma,
-    nce_weight,
-    nfl_weight,
-    nfl_gamma,
-    ngce_weight,
-    ngce_q,
-    nmae_weight,
-    nrce_weight,
-    nrce_A,
-    bitemp_weight,
-    bitemp_t1,
-    bitemp_t2,
-    bitemp_num_iters,
-    aul_a_minus_1,
-    bitemp_two_minus_t1,
-):
-    """The :data:`~robustkernels.specs.KERNEL_SLOTS` as ``(labels, norms, bitemp)``: each primitive's
-    slots one tuple -- its weight, its parameters in spec order, then its derived slots (aul's a - 1
-    and bitemp's 2 - t1, formed on the host in double) -- as :mod:`._row_math` reads them."""
-    labels = (
-        (ce_weight,),
-        (mae_weight,),
-        (gce_weight, gce_q),
-        (agce_weight, agce_a, agce_q),
-        (aul_weight, aul_a, aul_q, aul_a_minus_1),
-        (ael_weight, ael_a),
-        (rce_weight, rce_A),
-        (focal_weight, focal_gamma),
-        (nmae_weight,),
-        (nrce_weight, nrce_A),
-    )
-    norms = ((nce_weight,), (nfl_weight, nfl_gamma), (ngce_weight, ngce_q))
-    bitemp = (bitemp_weight, bitemp_t1, bitemp_t2, bitemp_num_iters, bitemp_two_minus_t1)
-    return labels, norms, bitemp
-
-
-@triton.jit
 def _label_rows(
-    logits_ptr,
-    stride_row,
-    target_ptr,
-    stride_target,
-    eps_ptr,
-    stride_eps,
-    eps_scalar,
-    loss_ptr,
-    grad_ptr,
-    inv_count_ptr,
+    logits,
+    labels_in,
+    bias,
+    outputs,
     row_weight_ptr,
     num_rows,
     num_classes,
@@ -209,7 +150,15 @@ def _label_rows(
     SINGLE_PASS,
 ):
     """Integer labels: the per-row loss (and gradient) of ``ROWS`` rows, scaled by the row weight
-    ``w_y`` (read from ``row_weight_ptr``, gathered on the host) with ``HAS_ROW_WEIGHT``."""
+    ``w_y`` (read from ``row_weight_ptr``, gathered on the host) with ``HAS_ROW_WEIGHT``.
+
+    ``logits = (ptr, row stride)``, ``labels_in = (ptr, stride)``, ``bias = (per-row ptr, stride,
+    scalar)``, ``outputs = (loss ptr, gradient ptr, 1 / count ptr)``, ``slots = (labels, norms,
+    bitemp)`` as the kernel groups them."""
+    logits_ptr, stride_row = logits
+    target_ptr, stride_target = labels_in
+    eps_ptr, stride_eps, eps_scalar = bias
+    loss_ptr, grad_ptr, inv_count_ptr = outputs
     labels, norms, bitemp = slots
     rows64, row_ok, label, ignored, invalid = row_block(
         target_ptr, stride_target, num_rows, num_classes, ignore_index, ROWS
@@ -311,67 +260,44 @@ def fused_loss_kernel(
     ``uniform_share = alpha / K`` formed on the host in double. ``grad_scale`` multiplies the gradient
     (``1 / N`` for the mean over probability targets).
     """
-    slots = _slot_tuples(
-        ce_weight,
-        mae_weight,
-        gce_weight,
-        gce_q,
-        agce_weight,
-        agce_a,
-        agce_q,
-        aul_weight,
-        aul_a,
-        aul_q,
-        ael_weight,
-        ael_a,
-        rce_weight,
-        rce_A,
-        focal_weight,
-        focal_gamma,
-        nce_weight,
-        nfl_weight,
-        nfl_gamma,
-        ngce_weight,
-        ngce_q,
-        nmae_weight,
-        nrce_weight,
-        nrce_A,
-        bitemp_weight,
-        bitemp_t1,
-        bitemp_t2,
-        bitemp_num_iters,
-        aul_a_minus_1,
-        bitemp_two_minus_t1,
+    # Each primitive's slots as one tuple, as ._row_math reads them: its weight, its parameters in
+    # spec order, then its derived slots (aul's a - 1 and bitemp's 2 - t1, formed on the host in double).
+    labels = (
+        (ce_weight,),
+        (mae_weight,),
+        (gce_weight, gce_q),
+        (agce_weight, agce_a, agce_q),
+        (aul_weight, aul_a, aul_q, aul_a_minus_1),
+        (ael_weight, ael_a),
+        (rce_weight, rce_A),
+        (focal_weight, focal_gamma),
+        (nmae_weight,),
+        (nrce_weight, nrce_A),
     )
+    norms = ((nce_weight,), (nfl_weight, nfl_gamma), (ngce_weight, ngce_q))
+    bitemp = (bitemp_weight, bitemp_t1, bitemp_t2, bitemp_num_iters, bitemp_two_minus_t1)
     if LABEL_ONLY:
         _label_rows(
-            logits_ptr,
-            stride_row,
-            target_ptr,
-            stride_target,
-            eps_ptr,
-            stride_eps,
-            eps_scalar,
-            loss_ptr,
-            grad_ptr,
-            inv_count_ptr,
+            (logits_ptr, stride_row),
+            (target_ptr, stride_target),
+            (eps_ptr, stride_eps, eps_scalar),
+            (loss_ptr, grad_ptr, inv_count_ptr),
             row_weight_ptr,
             num_rows,
             num_classes,
             ignore_index,
-            slots,
-            TERMS,
-            EPS_PER_ROW,
-            HAS_GRAD,
-            HAS_INV_COUNT,
-            HAS_WEIGHT,
-            FP64,
-            ROWS,
-            BLOCK_K,
-            SINGLE_PASS,
+            (labels, norms, bitemp),
+            TERMS=TERMS,
+            EPS_PER_ROW=EPS_PER_ROW,
+            HAS_GRAD=HAS_GRAD,
+            HAS_INV_COUNT=HAS_INV_COUNT,
+            HAS_ROW_WEIGHT=HAS_WEIGHT,
+            FP64=FP64,
+            ROWS=ROWS,
+            BLOCK_K=BLOCK_K,
+            SINGLE_PASS=SINGLE_PASS,
         )
     else:
-        labels, norms, _ = slots
         soft_rows(
             (logits_ptr, stride_row),
             (target_ptr, stride_target, stride_target_col, weight_ptr, target_scale, uniform_share),
@@ -382,16 +308,16 @@ def fused_loss_kernel(
             ignore_index,
             labels,
             norms,
-            TERMS,
-            FLOAT_TARGET,
-            HAS_WEIGHT,
-            EPS_PER_ROW,
-            HAS_GRAD,
-            HAS_INV_COUNT,
-            FP64,
-            ROWS,
-            BLOCK_K,
-            SINGLE_PASS,
+            TERMS=TERMS,
+            FLOAT_TARGET=FLOAT_TARGET,
+            HAS_WEIGHT=HAS_WEIGHT,
+            EPS_PER_ROW=EPS_PER_ROW,
+            HAS_GRAD=HAS_GRAD,
+            HAS_INV_COUNT=HAS_INV_COUNT,
+            FP64=FP64,
+            ROWS=ROWS,
+            BLOCK_K=BLOCK_K,
+            SINGLE_PASS=SINGLE_PASS,
         )
 
 
