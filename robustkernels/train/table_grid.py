@@ -7,7 +7,7 @@ class count ``K = 10**digits``, the label noise and the seed change; no loss is 
 
 The rows of the table -- which library losses, with which bias and published hyper-parameters,
 and why the "new" active-passive combination is the one it is -- are an experiment's
-configuration, not library code: ``configs/paper_table.yaml``. Runs with ``K <= 10`` take the
+configuration, not library code: ``configs/grids/paper_table.yaml``. Runs with ``K <= 10`` take the
 CIFAR-10 values, runs with more classes the CIFAR-100 values.
 """
 
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: The grid's configuration file (see the module docstring).
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "paper_table.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grids" / "paper_table.yaml"
 
 
 def _load_config(path: Path = CONFIG) -> dict[str, Any]:
