@@ -134,9 +134,12 @@ RK_HD V log_exp_t(V u, T t) {
   return O::log1p(O::clamp_min(V(T(1) - t) * u, V(T(-1)))) * V(T(1) / (T(1) - t));
 }
 
+// exp_t(u) for u <= 0, as every caller has it (a - max times a positive factor, less a
+// non-negative normaliser): its log is <= 0, so the exp of the softmax's shifted logits serves,
+// without the overflow handling of a general exp.
 template <class V, class T>
 RK_HD V exp_t(V u, T t) {
-  return Ops<V>::exp(log_exp_t(u, t));
+  return Ops<V>::exp_shifted(log_exp_t(u, t));
 }
 
 // Focal weight w = (1 - p)^gamma and h = d focal / d log p... precisely d focal_k / d z_j =
@@ -564,7 +567,9 @@ RK_HD T bitemp_normalization(Row& row, T mu, T a_y, T t, int num_iters) {
 // Bi-tempered loss -log_t1(p_y) - (1 - sum_k p_k^(2-t1)) / (2-t1) with the implicit-function
 // gradient dL/da_j = w_j - s_j sum_k w_k, w_k = (p_k - [k == y]) f_k, forget factor
 // f = p^(t2-t1) (0 where p = 0: p is locally constant there, and this avoids 0 * inf),
-// escort s = p^t2 / sum p^t2; all times the term's weight.
+// escort s = p^t2 / sum p^t2; all times the term's weight. p^(2 - t1) and p^t2 are exps of
+// non-positive multiples of log p (t1 < 2, t2 > 0), hence exp_shifted; the forget factor's
+// exponent 1 + t2 - t1 may be negative, and keeps the general exp.
 template <class T, class Row>
 RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
   using O = Ops<T>;
@@ -587,7 +592,7 @@ RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
   const T two_minus_t1 = prm[kSlot_bitemp_two_minus_t1];  // from the host: 1 / (2 - t1) is the loss's scale
   const T sum_pow = row.sum_remembered(log_p, [two_minus_t1](auto lp) {
     using V = decltype(lp);
-    return Ops<V>::exp(V(two_minus_t1) * lp);
+    return Ops<V>::exp_shifted(V(two_minus_t1) * lp);
   });
   const T minus_log_t1_py = t1 == T(1) ? -lpy : -O::expm1((T(1) - t1) * lpy) / (T(1) - t1);
   const T loss = minus_log_t1_py - (T(1) - sum_pow) / two_minus_t1;
@@ -595,7 +600,7 @@ RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
     const T lowest = -std::numeric_limits<T>::max();
     const T escort_sum = row.sum_remembered(log_p, [t2](auto lp) {
       using V = decltype(lp);
-      return Ops<V>::exp(V(t2) * lp);
+      return Ops<V>::exp_shifted(V(t2) * lp);
     });
     // sum_k w_k = (p_y - 1) f_y + sum_{k != y} p_k f_k: the label term from expm1, the others
     // summed without it, so nothing cancels when p_y -> 1.
@@ -611,7 +616,7 @@ RK_HD T bitemp_row(Row& row, const T* prm, T a_y, bool need_grad, T scale) {
         log_p,
         [p_times_f, scale, c_s, t2](auto lp) {
           using V = decltype(lp);
-          return V(scale) * p_times_f(lp) + V(c_s) * Ops<V>::exp(V(t2) * lp);
+          return V(scale) * p_times_f(lp) + V(c_s) * Ops<V>::exp_shifted(V(t2) * lp);
         },
         scale * w_y + c_s * O::exp(t2 * lpy));
   }

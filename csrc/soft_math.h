@@ -83,8 +83,10 @@ constexpr unsigned kNeedsProbability = (1u << kMAE) | (1u << kAGCE) | (1u << kAU
 constexpr unsigned kNeedsLog = (1u << kCE) | (1u << kGCE) | (1u << kFOCAL) | (1u << kNCE);
 
 // ClassTerms of the classes of one vector (or one class), from z - m, e = exp(z - m), 1 - a and
-// u. 1 - q = (1 - a) r: no expm1 per logit, and exact as the 1 - a given.
-template <class T, class V>
+// u. 1 - q = (1 - a) r: no expm1 per logit, and exact as the 1 - a given. kNce and kBiased are
+// s.nce and s.biased as compile-time flags: the pass of an unbiased row or one without nce then
+// carries neither r's division nor nce's terms, nor the registers they hold.
+template <bool kNce, bool kBiased, class T, class V>
 RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars<T>& s, V zm, V e, V one_minus_a,
                                 V u) {
   using O = Ops<V>;
@@ -93,7 +95,7 @@ RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars
   // log a: (z - m) - log S, never z - (m + log S); log q where a primitive of the mask reads it.
   V lq = zm - V(s.log_s);
   V q = a, omq = one_minus_a, r(T(1)), lr = zero, x = zero;
-  if (s.biased) {
+  if constexpr (kBiased) {
     x = V(s.em1) * a;
     r = V(T(1)) / (V(T(1)) + x);  // 1 + x >= e^eps > 0
     if ((mask & kNeedsLog) != 0) {
@@ -109,7 +111,7 @@ RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars
   LabelTerms<T, V> terms{loss, pm, s.K, lq, q, omq};
   for_each_label_term(mask, prm, terms);
   ClassTerms<V> out{u * loss, zero - u * pm * r, zero, zero};
-  if (s.nce) {
+  if constexpr (kNce) {
     const V wu = V(prm[kSlot_nce_weight]) * u;
     const V D = V(s.nce_d0 - s.eps) - V(T(s.K)) * lr;
     const V ratio = (zero - lq) / D;  // N / D
@@ -123,15 +125,17 @@ RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars
   // A class of coefficient 0 adds exactly 0 (its l_k is inf at a -inf logit).
   out.loss = O::select_nonzero(u, out.loss);
   out.d = O::select_nonzero(u, out.d);
-  out.p_minus_d = O::select_nonzero(u, out.p_minus_d);
-  out.b = O::select_nonzero(u, out.b);
+  if constexpr (kNce) {
+    out.p_minus_d = O::select_nonzero(u, out.p_minus_d);
+    out.b = O::select_nonzero(u, out.b);
+  }
   return out;
 }
 
 // class_terms of the row's classes, as a Row's class_sums calls it. A named functor, not a
 // lambda: its call is forced inline into the Row's pass (RK_ELEM), where a lambda's call per
 // vector was left out of line, spilling every vector register.
-template <class T>
+template <class T, bool kNce, bool kBiased>
 struct SoftClassTerms {
   unsigned mask;
   const T* prm;
@@ -139,14 +143,14 @@ struct SoftClassTerms {
 
   template <class V>
   RK_ELEM ClassTerms<V> operator()(V zm, V e, V u) const {
-    return class_terms<T>(mask, prm, *s, zm, e, V(T(1)) - e * V(s->inv_s), u);
+    return class_terms<kNce, kBiased, T>(mask, prm, *s, zm, e, V(T(1)) - e * V(s->inv_s), u);
   }
 };
 
 // d_k of SoftClassTerms alone, for a Row that recomputes it in the gradient pass.
-template <class T>
+template <class T, bool kNce, bool kBiased>
 struct SoftClassD {
-  SoftClassTerms<T> terms;
+  SoftClassTerms<T, kNce, kBiased> terms;
 
   template <class V>
   RK_ELEM V operator()(V zm, V e, V u) const {
@@ -184,6 +188,17 @@ RK_HD T soft_nan_row(Row& row, bool need_grad) {
         nan);
   }
   return nan;
+}
+
+// The class pass and the gradient pass of soft_row, compiled for one (nce, biased) pair.
+template <bool kNce, bool kBiased, class T, class Row>
+RK_HD T soft_class_passes(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others,
+                          const TargetSums<T>& ts, bool need_grad, T scale) {
+  const SoftClassTerms<T, kNce, kBiased> terms{mask, prm, &s};
+  const ClassSums<T> rest = row.class_sums(terms);
+  const ClassTerms<T> star = class_terms<kNce, kBiased, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
+  if (need_grad) write_soft_grad(row, SoftClassD<T, kNce, kBiased>{terms}, s, others, star, rest, scale);
+  return rest.loss + star.loss;
 }
 
 // The loss of one row (and its gradient, times `scale`, when need_grad). `mask` holds only
@@ -230,11 +245,12 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     }
     return loss;
   }
-  const SoftClassTerms<T> terms{mask, prm, &s};
-  const ClassSums<T> rest = row.class_sums(terms);
-  const ClassTerms<T> star = class_terms<T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
-  if (need_grad) write_soft_grad(row, SoftClassD<T>{terms}, s, others, star, rest, scale);
-  return rest.loss + star.loss;
+  if (s.nce) {
+    return s.biased ? soft_class_passes<true, true>(row, mask, prm, s, others, ts, need_grad, scale)
+                    : soft_class_passes<true, false>(row, mask, prm, s, others, ts, need_grad, scale);
+  }
+  return s.biased ? soft_class_passes<false, true>(row, mask, prm, s, others, ts, need_grad, scale)
+                  : soft_class_passes<false, false>(row, mask, prm, s, others, ts, need_grad, scale);
 }
 
 }  // namespace rk

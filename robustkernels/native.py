@@ -133,25 +133,15 @@ _REDUCTION_NAMES = {code: name for name, code in REDUCTION_CODES.items()}
 
 
 if _LOAD_ERROR is None:
-    torch.library.register_fake("robustkernels::loss_forward")(_fake_loss_forward)
     torch.library.register_fake("robustkernels::scale_grad_")(_fake_scale_grad_)
-    register_autograd(
-        FusedOp(
-            op="robustkernels::loss_forward",
-            recompute=_recompute_grad,
-            scale_in_place=torch.ops.robustkernels.scale_grad_,
-            decode=_decode,
+    for _name, _fake, _recompute, _decoder in (
+        ("robustkernels::loss_forward", _fake_loss_forward, _recompute_grad, _decode),
+        ("robustkernels::soft_loss_forward", _fake_soft_loss_forward, _recompute_soft_grad, _decode_soft),
+    ):
+        torch.library.register_fake(_name)(_fake)
+        register_autograd(
+            FusedOp(op=_name, recompute=_recompute, scale_in_place=torch.ops.robustkernels.scale_grad_, decode=_decoder)
         )
-    )
-    torch.library.register_fake("robustkernels::soft_loss_forward")(_fake_soft_loss_forward)
-    register_autograd(
-        FusedOp(
-            op="robustkernels::soft_loss_forward",
-            recompute=_recompute_soft_grad,
-            scale_in_place=torch.ops.robustkernels.scale_grad_,
-            decode=_decode_soft,
-        )
-    )
 
 
 def robust_loss(

@@ -352,6 +352,25 @@ def test_fused_backends_refuse_what_they_cannot_differentiate(backend):
         rk.robust_loss(logits, probs.requires_grad_(), "mae", backend=backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("bad", [-0.25, float("nan")])
+def test_bad_probability_raises_at_once_and_a_nan_logit_does_not(backend, reduction, bad):
+    """On CPU a negative or NaN probability raises naming the target and its first row, whether
+    the backend checks before the call or after it (the fused ones, from their NaN rows); a NaN
+    logit with a valid target is a NaN row, not an error."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 7, generator=g)
+    target = torch.rand(6, 7, generator=g)
+    target[4, 2] = bad
+    with pytest.raises(ValueError, match=r"target: 1 row\(s\) of the probability target .* first at row 4"):
+        rk.robust_loss(logits, target, "gce", epsilon=1.0, reduction=reduction, backend=backend)
+    target[4, 2] = 0.5
+    logits[3, 1] = float("nan")
+    out = rk.robust_loss(logits, target, "gce", epsilon=1.0, reduction="none", backend=backend)
+    assert out.isnan().tolist() == [False, False, False, True, False, False]
+
+
 def test_torch_backend_differentiates_the_target_the_weights_and_the_bias():
     """Distillation through a teacher's probabilities, learned class weights, a learned per-row bias."""
     logits = torch.randn(3, 4, dtype=torch.float64)

@@ -1,5 +1,7 @@
-// A fast, NaN- and inf-correct exp, expm1 and log1p for 8 floats (AVX2 + FMA). Header-only and
-// free of ATen so that benchmarks/exp_accuracy.cpp can measure its error on its own.
+// A fast, NaN- and inf-correct exp, expm1, log and log1p for 8 floats (AVX2 + FMA). Header-only
+// and free of ATen so that benchmarks/exp_accuracy.cpp can measure its error on its own. Each is
+// forced inline: a call per vector passes its __m256 through memory and spills the caller's
+// registers, which cost nfl's pass more than the arithmetic.
 #pragma once
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -7,11 +9,13 @@
 
 #include <cmath>
 
+#define RK_AVX_INLINE inline __attribute__((always_inline))
+
 namespace rk {
 
 // x = n ln2 + r with a two-part ln2 (Cody-Waite), |r| <= ln2/2; returns e^r by its degree-6
 // Taylor polynomial and sets n. x must already be clamped to [ln FLT_MIN, ln FLT_MAX].
-inline __m256 exp_reduced_avx2(__m256 x, __m256& n) {
+RK_AVX_INLINE __m256 exp_reduced_avx2(__m256 x, __m256& n) {
   n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 = 0.693359375 - 2.12194440e-4
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
@@ -31,7 +35,7 @@ inline __m256 exp_reduced_avx2(__m256 x, __m256& n) {
 // Unlike ATen's exp_u20 (20 ulp) it keeps NaN as NaN, gives exactly 0 below ln(FLT_MIN)
 // (e^-inf = 0: a -inf logit has p = 0 exactly) and +inf above ln(FLT_MAX). Results below
 // FLT_MIN flush to 0 (subnormal probabilities are irrelevant next to the row's fp32 sum).
-inline __m256 exp_avx2(__m256 x) {
+RK_AVX_INLINE __m256 exp_avx2(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.33654475f);  // ln(FLT_MIN)
   const __m256 hi = _mm256_set1_ps(88.72283905f);   // ln(FLT_MAX)
   const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
@@ -54,7 +58,7 @@ inline __m256 exp_avx2(__m256 x) {
 // overflow, NaN and exponent-split handling (2^n with n in [-126, 0] is one normal float),
 // about a third fewer instructions. NaN input gives an unspecified finite value: a NaN logit
 // reaches the loss through the row max instead (max(a) is NaN, so is every log p).
-inline __m256 exp_nonpositive_avx2(__m256 x) {
+RK_AVX_INLINE __m256 exp_nonpositive_avx2(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.33654475f);  // ln(FLT_MIN)
   const __m256 xc = _mm256_max_ps(x, lo);
   __m256 n;
@@ -69,7 +73,7 @@ inline __m256 exp_nonpositive_avx2(__m256 x) {
 // beyond, where the subtraction cancels at most a factor e/(e - 1) = 1.6 of exp_avx2's error
 // (about 4.3 ulp at x = 1, less further out). NaN, +-inf and underflow as exp_avx2. Sleef's u10
 // expm1 (1 ulp) cost half of the soft-target class pass of gce, one expm1 per class.
-inline __m256 expm1_avx2(__m256 x) {
+RK_AVX_INLINE __m256 expm1_avx2(__m256 x) {
   static constexpr float kInverseFactorials[] = {
       1.0f / 39916800.0f, 1.0f / 3628800.0f, 1.0f / 362880.0f, 1.0f / 40320.0f, 1.0f / 5040.0f,
       1.0f / 720.0f,      1.0f / 120.0f,     1.0f / 24.0f,     1.0f / 6.0f,
@@ -83,23 +87,10 @@ inline __m256 expm1_avx2(__m256 x) {
   return _mm256_blendv_ps(large, small, _mm256_cmp_ps(abs_x, _mm256_set1_ps(1.0f), _CMP_LT_OQ));
 }
 
-// log1p for 8 floats, Cephes' logf polynomial (the one of Sleef-free AVX math libraries): u =
-// 1 + x = 2^k m with m in [sqrt(1/2), sqrt(2)), log1p(x) = k ln2 + log(m) + c. For k = 0 the
-// polynomial takes x itself, the exact argument (u has rounded its low bits away, all there is of
-// a small x); beyond, m - 1 is exact and c = (x - (u - 1)) / u restores what rounding 1 + x lost,
-// a term below 2^-24 of a result >= 0.34 in magnitude, so a 12-bit reciprocal is enough. u = 0
-// gives -inf, u < 0 NaN, +inf and NaN themselves. Sleef's u10 log1p cost 40 % of the class pass
-// of a biased soft row (one log1p per class).
-inline __m256 log1p_avx2(__m256 x) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 u = _mm256_add_ps(one, x);
-  const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_set1_epi32(0x3f3504f3)), 23);
-  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_slli_epi32(k, 23)));
-  const __m256 unscaled = _mm256_castsi256_ps(_mm256_cmpeq_epi32(k, _mm256_setzero_si256()));
-  const __m256 f = _mm256_blendv_ps(_mm256_sub_ps(m, one), x, unscaled);
-  const __m256 lost = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_sub_ps(u, one)), _mm256_rcp_ps(u));
-  const __m256 c = _mm256_andnot_ps(unscaled, lost);
-  const __m256 kf = _mm256_cvtepi32_ps(k);
+// k ln2 + log(1 + f) + c for |f| <= sqrt(2) - 1 by Cephes' logf polynomial (the one of Sleef-free
+// AVX math libraries), k ln2 in two parts, ln2 = 0.693359375 - 2.12194440e-4: the first times k
+// is exact.
+RK_AVX_INLINE __m256 log_reduced_avx2(__m256 f, __m256 kf, __m256 c) {
   static constexpr float kCoefficients[] = {
       7.0376836292e-2f, -1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
       -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f,
@@ -109,9 +100,44 @@ inline __m256 log1p_avx2(__m256 x) {
   const __m256 f2 = _mm256_mul_ps(f, f);
   __m256 tail = _mm256_mul_ps(_mm256_mul_ps(p, f), f2);  // f^3 P(f)
   tail = _mm256_fmadd_ps(f2, _mm256_set1_ps(-0.5f), tail);  // - f^2 / 2
-  // k ln2 in two parts, ln2 = 0.693359375 - 2.12194440e-4: the first times k is exact.
   tail = _mm256_fmadd_ps(kf, _mm256_set1_ps(-2.12194440e-4f), _mm256_add_ps(tail, c));
-  __m256 y = _mm256_fmadd_ps(kf, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, tail));
+  return _mm256_fmadd_ps(kf, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, tail));
+}
+
+// log for 8 floats: x = 2^k m with m in [sqrt(1/2), sqrt(2)), log x = k ln2 + log(m), m - 1
+// exact (Sterbenz). A subnormal x is scaled by 2^23 first, its exponent field being 0. x = 0
+// gives -inf, x < 0 NaN, +inf and NaN themselves. It replaces Sleef's u10 log, a library call
+// per vector in focal's weight (1 - p)^gamma.
+RK_AVX_INLINE __m256 log_avx2(__m256 x) {
+  const __m256 subnormal = _mm256_cmp_ps(x, _mm256_set1_ps(1.17549435e-38f), _CMP_LT_OQ);
+  const __m256 scaled = _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(8388608.0f)), subnormal);
+  const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(scaled), _mm256_set1_epi32(0x3f3504f3)), 23);
+  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(scaled), _mm256_slli_epi32(k, 23)));
+  const __m256 kf = _mm256_sub_ps(_mm256_cvtepi32_ps(k), _mm256_and_ps(subnormal, _mm256_set1_ps(23.0f)));
+  __m256 y = log_reduced_avx2(_mm256_sub_ps(m, _mm256_set1_ps(1.0f)), kf, _mm256_setzero_ps());
+  y = _mm256_blendv_ps(y, _mm256_set1_ps(-INFINITY), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  y = _mm256_blendv_ps(y, _mm256_set1_ps(NAN), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+  y = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ));
+  return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // NaN in, NaN out
+}
+
+// log1p for 8 floats by log_reduced_avx2: u = 1 + x = 2^k m with m in [sqrt(1/2), sqrt(2)),
+// log1p(x) = k ln2 + log(m) + c. For k = 0 the
+// polynomial takes x itself, the exact argument (u has rounded its low bits away, all there is of
+// a small x); beyond, m - 1 is exact and c = (x - (u - 1)) / u restores what rounding 1 + x lost,
+// a term below 2^-24 of a result >= 0.34 in magnitude, so a 12-bit reciprocal is enough. u = 0
+// gives -inf, u < 0 NaN, +inf and NaN themselves. Sleef's u10 log1p cost 40 % of the class pass
+// of a biased soft row (one log1p per class).
+RK_AVX_INLINE __m256 log1p_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 u = _mm256_add_ps(one, x);
+  const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_set1_epi32(0x3f3504f3)), 23);
+  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_slli_epi32(k, 23)));
+  const __m256 unscaled = _mm256_castsi256_ps(_mm256_cmpeq_epi32(k, _mm256_setzero_si256()));
+  const __m256 f = _mm256_blendv_ps(_mm256_sub_ps(m, one), x, unscaled);
+  const __m256 lost = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_sub_ps(u, one)), _mm256_rcp_ps(u));
+  const __m256 c = _mm256_andnot_ps(unscaled, lost);
+  __m256 y = log_reduced_avx2(f, _mm256_cvtepi32_ps(k), c);
   y = _mm256_blendv_ps(y, _mm256_set1_ps(-INFINITY), _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_EQ_OQ));
   y = _mm256_blendv_ps(y, _mm256_set1_ps(NAN), _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_LT_OQ));
   y = _mm256_blendv_ps(y, u, _mm256_cmp_ps(u, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ));

@@ -1,6 +1,6 @@
 // Ops<Vectorized<T>>: the elementwise operations of loss_math.h on ATen's SIMD vectors, so
 // the CPU kernel evaluates the shared formulas a whole vector at a time (exp_avx2.h for float
-// exp, expm1 and log1p, Sleef for the rest).
+// exp, expm1, log and log1p, Sleef for the rest).
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
@@ -15,7 +15,7 @@ namespace rk {
 template <class T>
 struct Ops<at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
-  static V exp(const V& x) {
+  RK_ELEM static V exp(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(exp_avx2(x));
 #endif
@@ -23,31 +23,36 @@ struct Ops<at::vec::Vectorized<T>> {
     // finite number and +inf into FLT_MAX; a NaN logit must poison its row.
     return x.exp();
   }
-  static V exp_shifted(const V& x) {
+  RK_ELEM static V exp_shifted(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(exp_nonpositive_avx2(x));
 #endif
     return x.exp();
   }
-  static V log(const V& x) { return x.log(); }
-  static V expm1(const V& x) {
+  RK_ELEM static V log(const V& x) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(log_avx2(x));
+#endif
+    return x.log();
+  }
+  RK_ELEM static V expm1(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(expm1_avx2(x));
 #endif
     return x.expm1();
   }
-  static V log1p(const V& x) {
+  RK_ELEM static V log1p(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(log1p_avx2(x));
 #endif
     return x.log1p();
   }
-  static V max(const V& a, const V& b) { return at::vec::maximum(a, b); }  // propagates NaN
-  static V clamp_min(const V& x, const V& low) { return at::vec::clamp_min(x, low); }  // keeps NaN
-  static V select_gt(const V& x, const V& threshold, const V& yes, const V& no) {
+  RK_ELEM static V max(const V& a, const V& b) { return at::vec::maximum(a, b); }  // propagates NaN
+  RK_ELEM static V clamp_min(const V& x, const V& low) { return at::vec::clamp_min(x, low); }  // keeps NaN
+  RK_ELEM static V select_gt(const V& x, const V& threshold, const V& yes, const V& no) {
     return V::blendv(no, yes, x > threshold);
   }
-  static V select_nonzero(const V& x, const V& v) { return V::blendv(V(T(0)), v, x != V(T(0))); }
+  RK_ELEM static V select_nonzero(const V& x, const V& v) { return V::blendv(V(T(0)), v, x != V(T(0))); }
 };
 
 }  // namespace rk

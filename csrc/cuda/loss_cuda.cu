@@ -33,6 +33,31 @@ using cuda_rows::launch_soft;
 using cuda_rows::launch_variant;
 using cuda_rows::SoftArgs;
 
+// The arguments every integer-label launch shares; the caller adds what `mean` divides by and
+// the class weights. A grad of no elements (a forward without gradient) is a null pointer.
+template <class T>
+KernelArgs<T> label_kernel_args(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& eps,
+                                double epsilon, unsigned mask, c10::ArrayRef<double> params, int64_t ignore_index,
+                                at::Tensor& rows, at::Tensor& grad) {
+  KernelArgs<T> args{};
+  args.logits = logits.const_data_ptr();
+  args.N = logits.size(0);
+  args.K = logits.size(1);
+  args.row_stride = logits.stride(0);
+  args.target = target.const_data_ptr();
+  args.target_stride = target.stride(0);
+  args.target_is_int32 = target.scalar_type() == at::kInt;
+  args.eps_rows = eps.defined() ? eps.const_data_ptr<T>() : nullptr;
+  args.eps_stride = eps.defined() ? eps.stride(0) : 0;
+  args.eps = static_cast<T>(epsilon);
+  load_slots(params.data(), args.prm);
+  args.mask = mask;
+  args.ignore_index = ignore_index;
+  args.rows_out = rows.mutable_data_ptr<T>();
+  args.grad = grad.defined() && grad.numel() > 0 ? grad.mutable_data_ptr() : nullptr;
+  return args;
+}
+
 std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& logits_in, const at::Tensor& target,
                                                      const std::optional<at::Tensor>& epsilon_rows, double epsilon,
                                                      int64_t terms, c10::ArrayRef<double> params, int64_t ignore_index,
@@ -59,23 +84,8 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& logits_in
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "robustkernels_loss_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    KernelArgs<T> args{};
-    args.logits = logits.const_data_ptr();
-    args.N = N;
-    args.K = K;
-    args.row_stride = logits.stride(0);
-    args.target = target.const_data_ptr();
-    args.target_stride = target.stride(0);
-    args.target_is_int32 = target.scalar_type() == at::kInt;
-    args.eps_rows = eps.defined() ? eps.const_data_ptr<T>() : nullptr;
-    args.eps_stride = eps.defined() ? eps.stride(0) : 0;
-    args.eps = static_cast<T>(epsilon);
-    load_slots(params.data(), args.prm);
-    args.mask = mask;
-    args.ignore_index = ignore_index;
+    KernelArgs<T> args = label_kernel_args<T>(logits, target, eps, epsilon, mask, params, ignore_index, rows, grad);
     args.count = count.defined() ? count.const_data_ptr<int64_t>() : nullptr;
-    args.rows_out = rows.mutable_data_ptr<T>();
-    args.grad = compute_grad ? grad.mutable_data_ptr() : nullptr;
     dispatch_variant(mask, [&](auto variant) { launch_variant<scalar_t, decltype(variant)::value>(args, stream); });
   });
 
@@ -145,24 +155,9 @@ void launch_weighted_label_rows(const at::Tensor& logits, const at::Tensor& targ
                                 at::Tensor& grad, cudaStream_t stream) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "robustkernels_weighted_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    KernelArgs<T> args{};
-    args.logits = logits.const_data_ptr();
-    args.N = logits.size(0);
-    args.K = logits.size(1);
-    args.row_stride = logits.stride(0);
-    args.target = target.const_data_ptr();
-    args.target_stride = target.stride(0);
-    args.target_is_int32 = target.scalar_type() == at::kInt;
-    args.eps_rows = eps.defined() ? eps.const_data_ptr<T>() : nullptr;
-    args.eps_stride = eps.defined() ? eps.stride(0) : 0;
-    args.eps = static_cast<T>(epsilon);
-    load_slots(params.data(), args.prm);
-    args.mask = mask;
-    args.ignore_index = ignore_index;
+    KernelArgs<T> args = label_kernel_args<T>(logits, target, eps, epsilon, mask, params, ignore_index, rows, grad);
     args.denominator = denominator.defined() ? denominator.const_data_ptr<T>() : nullptr;
     args.weight = weight.const_data_ptr<T>();
-    args.rows_out = rows.mutable_data_ptr<T>();
-    args.grad = grad.defined() ? grad.mutable_data_ptr() : nullptr;
     dispatch_variant(mask, [&](auto variant) { launch_variant<scalar_t, decltype(variant)::value>(args, stream); });
   });
 }

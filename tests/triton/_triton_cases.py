@@ -82,3 +82,30 @@ def assert_rows_close(
         f"{what}: rows {bad.nonzero().flatten().tolist()} relative error "
         f"{(err / scale.clamp_min(1e-30))[bad].tolist()} > {rtol}"
     )
+
+
+def record_fused_launches(monkeypatch, record) -> list:
+    """Patch the Triton launcher so that every launch of the fused loss kernel appends
+    ``record(args, kwargs)``, taken after the kernel ran, to the returned list."""
+    from robustkernels.triton import kernels, op
+
+    seen = []
+    real_launcher = op._launcher
+
+    def recording_launcher(kernel):
+        launch = real_launcher(kernel)
+
+        class Grid:
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    out = launch[grid](*args, **kwargs)
+                    if kernel is kernels.fused_loss_kernel:
+                        seen.append(record(args, kwargs))
+                    return out
+
+                return run
+
+        return Grid()
+
+    monkeypatch.setattr(op, "_launcher", recording_launcher)
+    return seen

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from _triton_cases import assert_rows_close, fp32_grad_rtol, make_inputs, reference_rows
+from _triton_cases import assert_rows_close, fp32_grad_rtol, make_inputs, record_fused_launches, reference_rows
 
 import robustkernels as rk
 from robustkernels.triton import backend as triton_backend
@@ -150,24 +150,7 @@ def test_bf16_logits_of_magnitude_1e4(name):
 
 
 def test_row_stride_is_read_in_place_and_column_stride_is_copied(monkeypatch):
-    seen = []
-    real_launcher = op._launcher
-
-    def recording_launcher(kernel):
-        launch = real_launcher(kernel)
-
-        class Grid:
-            def __getitem__(self, grid):
-                def run(*args, **kwargs):
-                    if kernel is kernels.fused_loss_kernel:
-                        seen.append((args[0].data_ptr(), args[1]))
-                    return launch[grid](*args, **kwargs)
-
-                return run
-
-        return Grid()
-
-    monkeypatch.setattr(op, "_launcher", recording_launcher)
+    seen = record_fused_launches(monkeypatch, lambda args, kwargs: (args[0].data_ptr(), args[1]))
     base = torch.randn(5, 40)
     target = torch.randint(0, 33, (5,))
     for logits in (base[:, 3:36], base[:, :33].t().contiguous().t()):  # row stride 40; column stride 5

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from _triton_cases import assert_rows_close, make_inputs, reference_rows
+from _triton_cases import assert_rows_close, make_inputs, record_fused_launches, reference_rows
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import robustkernels as rk
@@ -89,27 +89,12 @@ def _record_gradient_outputs(monkeypatch) -> list:
     argument's shape and data pointer, a copy of what the kernel wrote there)`` to the returned
     list. No reference to the buffer is kept: autograd hands a gradient over as ``.grad`` without a
     copy only when nothing else holds it."""
-    seen = []
-    real_launcher = op._launcher
 
-    def recording_launcher(kernel):
-        launch = real_launcher(kernel)
+    def record(args, kwargs):
+        grad = args[_GRAD_ARG]
+        return kwargs["HAS_GRAD"], (grad.shape, grad.data_ptr()), grad.clone()
 
-        class Grid:
-            def __getitem__(self, grid):
-                def run(*args, **kwargs):
-                    out = launch[grid](*args, **kwargs)
-                    if kernel is kernels.fused_loss_kernel:
-                        grad = args[_GRAD_ARG]
-                        seen.append((kwargs["HAS_GRAD"], (grad.shape, grad.data_ptr()), grad.clone()))
-                    return out
-
-                return run
-
-        return Grid()
-
-    monkeypatch.setattr(op, "_launcher", recording_launcher)
-    return seen
+    return record_fused_launches(monkeypatch, record)
 
 
 def test_mean_backward_is_one_read_one_write(monkeypatch):
