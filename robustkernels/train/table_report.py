@@ -180,9 +180,12 @@ def plot_top1_vs_classes(cells: list[dict[str, Any]], path: str) -> str | None:
     if not noises:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(noises), figsize=(6.5 * len(noises), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(noises), figsize=(6.5 * len(noises) + 2.0, 4.5), squeeze=False)
+    # Twelve losses outrun the default ten-colour cycle: tab20's colours, and a loss and its
+    # "+eps" / "+transfer" variant told apart by the line style as well.
+    colours = plt.get_cmap("tab20").colors
     for ax, noise in zip(axes[0], noises):
-        for loss in losses:
+        for index, loss in enumerate(losses):
             points = sorted(
                 (c["classes"], c["top1_mean"], c["top1_std"])
                 for c in cells
@@ -190,12 +193,14 @@ def plot_top1_vs_classes(cells: list[dict[str, Any]], path: str) -> str | None:
             )
             if points:
                 ks, means, stds = zip(*points)
-                ax.errorbar(ks, means, yerr=stds, marker="o", ms=3, capsize=2, label=loss)
+                style = "--" if "+" in loss else "-"
+                colour = colours[(2 * index) % 20 + (index // 10) % 2]
+                ax.errorbar(ks, means, yerr=stds, marker="o", ms=3, capsize=2, ls=style, color=colour, label=loss)
         ax.set_xscale("log")
         ax.set(xlabel="classes K", ylabel="final clean top-1 (%)", title=f"{_noise_header(noise)} noise")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, ncol=2)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(fig, plt, path)
 
 
