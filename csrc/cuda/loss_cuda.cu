@@ -33,20 +33,20 @@ using cuda_rows::launch_soft;
 using cuda_rows::launch_variant;
 using cuda_rows::SoftArgs;
 
-// The arguments every integer-label launch shares; the caller adds what `mean` divides by and
-// the class weights. A grad of no elements (a forward without gradient) is a null pointer.
-template <class T>
-KernelArgs<T> label_kernel_args(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& eps,
-                                double epsilon, unsigned mask, c10::ArrayRef<double> params, int64_t ignore_index,
-                                at::Tensor& rows, at::Tensor& grad) {
-  KernelArgs<T> args{};
+// The arguments every row launch shares (KernelArgs and SoftArgs name them alike); the caller
+// adds the target's kind, what `mean` divides by and the class weights. A grad of no elements
+// (a forward without gradient) is a null pointer.
+template <class Args>
+void fill_row_args(Args& args, const at::Tensor& logits, const at::Tensor& target, const at::Tensor& eps,
+                   double epsilon, unsigned mask, c10::ArrayRef<double> params, int64_t ignore_index,
+                   at::Tensor& rows, at::Tensor& grad) {
+  using T = decltype(args.eps);
   args.logits = logits.const_data_ptr();
   args.N = logits.size(0);
   args.K = logits.size(1);
   args.row_stride = logits.stride(0);
   args.target = target.const_data_ptr();
   args.target_stride = target.stride(0);
-  args.target_is_int32 = target.scalar_type() == at::kInt;
   args.eps_rows = eps.defined() ? eps.const_data_ptr<T>() : nullptr;
   args.eps_stride = eps.defined() ? eps.stride(0) : 0;
   args.eps = static_cast<T>(epsilon);
@@ -55,6 +55,15 @@ KernelArgs<T> label_kernel_args(const at::Tensor& logits, const at::Tensor& targ
   args.ignore_index = ignore_index;
   args.rows_out = rows.mutable_data_ptr<T>();
   args.grad = grad.defined() && grad.numel() > 0 ? grad.mutable_data_ptr() : nullptr;
+}
+
+template <class T>
+KernelArgs<T> label_kernel_args(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& eps,
+                                double epsilon, unsigned mask, c10::ArrayRef<double> params, int64_t ignore_index,
+                                at::Tensor& rows, at::Tensor& grad) {
+  KernelArgs<T> args{};
+  fill_row_args(args, logits, target, eps, epsilon, mask, params, ignore_index, rows, grad);
+  args.target_is_int32 = target.scalar_type() == at::kInt;
   return args;
 }
 
@@ -118,12 +127,7 @@ void launch_soft_rows(const at::Tensor& logits, const at::Tensor& target, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "robustkernels_soft_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     SoftArgs<T> args{};
-    args.logits = logits.const_data_ptr();
-    args.N = logits.size(0);
-    args.K = K;
-    args.row_stride = logits.stride(0);
-    args.target = target.const_data_ptr();
-    args.target_stride = target.stride(0);
+    fill_row_args(args, logits, target, eps, epsilon, mask, params, ignore_index, rows, grad);
     args.target_col_stride = target.dim() == 2 ? target.stride(1) : 0;
     switch (target.scalar_type()) {
       case at::kLong: args.target_kind = cuda_rows::kLabelsInt64; break;
@@ -136,15 +140,7 @@ void launch_soft_rows(const at::Tensor& logits, const at::Tensor& target, const 
     args.weight = weight.defined() ? weight.const_data_ptr<T>() : nullptr;
     args.keep = static_cast<T>(1.0 - alpha);
     args.spread = static_cast<T>(alpha / static_cast<double>(K));
-    args.eps_rows = eps.defined() ? eps.const_data_ptr<T>() : nullptr;
-    args.eps_stride = eps.defined() ? eps.stride(0) : 0;
-    args.eps = static_cast<T>(epsilon);
-    load_slots(params.data(), args.prm);
-    args.mask = mask;
-    args.ignore_index = ignore_index;
     args.denominator = denominator.defined() ? denominator.const_data_ptr<T>() : nullptr;
-    args.rows_out = rows.mutable_data_ptr<T>();
-    args.grad = grad.defined() ? grad.mutable_data_ptr() : nullptr;
     launch_soft<scalar_t>(args, stream);
   });
 }
