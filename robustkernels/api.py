@@ -275,8 +275,8 @@ def _kernel_checks_probabilities(backend: str, target: Tensor, logits: Tensor) -
     """Whether a CPU probability target is checked after the call instead of before it.
 
     The fused kernels turn a row holding a negative or NaN probability into a NaN row, so on
-    CPU the separate check (one more read of ``[N, K]`` target, a tenth of a fused call) is
-    needed only when the result holds a NaN, and it then names the row as before. Traced and
+    CPU the separate check (one more read of the ``[N, K]`` target) is needed only when the
+    result holds a NaN, and it then names the row as before. Traced and
     transformed calls keep the check before the call.
     """
     return (

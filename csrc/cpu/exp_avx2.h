@@ -1,7 +1,7 @@
 // A fast, NaN- and inf-correct exp, expm1, log and log1p for 8 floats (AVX2 + FMA). Header-only
 // and free of ATen so that benchmarks/exp_accuracy.cpp can measure its error on its own. Each is
 // forced inline: a call per vector passes its __m256 through memory and spills the caller's
-// registers, which cost nfl's pass more than the arithmetic.
+// registers.
 #pragma once
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -106,8 +106,8 @@ RK_AVX_INLINE __m256 log_reduced_avx2(__m256 f, __m256 kf, __m256 c) {
 
 // log for 8 floats: x = 2^k m with m in [sqrt(1/2), sqrt(2)), log x = k ln2 + log(m), m - 1
 // exact (Sterbenz). A subnormal x is scaled by 2^23 first, its exponent field being 0. x = 0
-// gives -inf, x < 0 NaN, +inf and NaN themselves. It replaces Sleef's u10 log, a library call
-// per vector in focal's weight (1 - p)^gamma.
+// gives -inf, x < 0 NaN, +inf and NaN themselves. Sleef's u10 log would be a library call per
+// vector, in focal's weight (1 - p)^gamma among others.
 RK_AVX_INLINE __m256 log_avx2(__m256 x) {
   const __m256 subnormal = _mm256_cmp_ps(x, _mm256_set1_ps(1.17549435e-38f), _CMP_LT_OQ);
   const __m256 scaled = _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(8388608.0f)), subnormal);

@@ -12,7 +12,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/row_memory.h"
 #include "cpu/soft_cpu.h"
 #include "cpu/vec_ops.h"
 #include "op_checks.h"
@@ -36,8 +35,6 @@ struct CpuRow {
   mutable T others_sum = T(0);  // sum_{j != y} e_j, taken by remember() while it wrote e
   T* aux_h = nullptr;           // h_j of nfl (elementwise_sums below)
   T* aux_pq = nullptr;          // p_j^q of ngce (elementwise_sums below)
-  NextRow next;                 // the next row's logits, prefetched during the exp pass
-  GradStore<T, scalar_t> store;
 
   // Answered from the copy pass and the remember pass: no extra pass over the row.
   T max_of(Identity) const { return max_value; }
@@ -69,7 +66,6 @@ struct CpuRow {
     for (; j + kLanes <= K; j += kLanes) {
       Vec e = f(Vec::loadu(a + j));
       e.store(cache + j);
-      next.touch(j);
       if (j == label_block) {
         T lanes[kLanes];
         e.store(lanes);
@@ -128,7 +124,7 @@ struct CpuRow {
   void write_range(const F& f, const T* src, T label_value) const {
     int64_t j = 0;
     for (; j + kLanes <= K; j += kLanes) {
-      store.vector(f(Vec::loadu(src + j)), grad + j);
+      store_as(f(Vec::loadu(src + j)), grad + j);
     }
     for (; j < K; ++j) grad[j] = static_cast<scalar_t>(f(src[j]));
     grad[y] = static_cast<scalar_t>(label_value);
@@ -269,7 +265,6 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
   load_slots(params.data(), prm);
   T* out = rows.mutable_data_ptr<T>();
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  const GradStore<T, scalar_t> store{grad != nullptr && N * K * int64_t{sizeof(scalar_t)} >= kStreamGradBytes};
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     // The row, the values of remember(), and h_j and p_j^q of the elementwise normalised forms.
@@ -289,14 +284,11 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
       const T bias = eps ? eps[i] : static_cast<T>(epsilon);
       const T row_max = copy_biased_row<T>(z + i * row_stride, K, label, bias, buffer.data());
       CpuRow<T, scalar_t> row{buffer.data(), buffer.data() + K, K, label, grad_row, row_max};
-      if (i + 1 < end) row.next = {reinterpret_cast<const char*>(z + (i + 1) * row_stride), sizeof(scalar_t)};
-      row.store = store;
       if constexpr ((kV & (1u << kNFL)) != 0) row.aux_h = buffer.data() + 2 * K;
       if constexpr ((kV & (1u << kNGCE)) != 0) row.aux_pq = buffer.data() + (kBuffers - 1) * K;
       const T w = weight ? weight[label] : T(1);
       out[i] = w * row_forward<T, kV>(row, mask, prm, buffer[label], grad_row != nullptr, scale * w);
     }
-    store.finish();
   });
 }
 

@@ -13,12 +13,9 @@
 
 #include <algorithm>
 #include <limits>
-#include <tuple>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
-#include "cpu/row_memory.h"
 #include "cpu/vec_ops.h"
 #include "soft_math.h"
 
@@ -58,8 +55,6 @@ struct SoftCpuRow {
   scalar_t* grad;
   T max_value;
   bool bad;  // a negative or NaN probability, found while u was formed
-  NextRow next;
-  GradStore<T, scalar_t> store;
   int64_t special = 0;
   bool have_d = false;
 
@@ -80,7 +75,6 @@ struct SoftCpuRow {
       Vec uv = Vec::loadu(u + j);
       Vec ev = Ops<Vec>::exp_shifted(zm);
       ev.store(e + j);
-      next.touch(j);
       acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * zm);
       if (!found) {
         const int zeros = zm.zero_mask();
@@ -156,7 +150,7 @@ struct SoftCpuRow {
     return out;
   }
 
-  void store_grad(const Vec& g, int64_t j) const { store.vector(g, grad + j); }
+  void store_grad(const Vec& g, int64_t j) const { store_as(g, grad + j); }
 
   template <class DOf, class G>
   void write_soft_grad(const DOf& d_of, const G& g, T special_value) const {
@@ -262,11 +256,9 @@ void label_coefficients(int64_t y, int64_t K, const T* w, T keep, T spread, T* u
 
 // Every row: `fill(i, u)` forms row i's coefficients and returns 0 (a row to compute), 1 (an
 // ignored row: loss 0, gradient 0), 2 (an invalid label: NaN row, its logits never read) or 3
-// (a bad probability row: NaN row, through soft_row). `target_row(i)` is row i's probability
-// target for the prefetch (null where there is none, or it is not contiguous).
-template <class scalar_t, class Fill, class TargetRow>
-void soft_rows(const SoftRowsCall& call, const Fill& fill, const TargetRow& target_row, at::Tensor& rows,
-               at::Tensor& grad_out) {
+// (a bad probability row: NaN row, through soft_row).
+template <class scalar_t, class Fill>
+void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at::Tensor& grad_out) {
   using T = at::opmath_type<scalar_t>;
   const at::Tensor& logits = call.logits;
   const int64_t N = logits.size(0), K = logits.size(1);
@@ -279,7 +271,6 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, const TargetRow& targ
   scalar_t* grad = grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr;
   const T scale = T(1) / static_cast<T>(call.denominator);
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  const GradStore<T, scalar_t> store{grad != nullptr && grad_out.nbytes() >= kStreamGradBytes};
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / K);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> buffer(4 * K);  // z, e, u, d
@@ -294,18 +285,11 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, const TargetRow& targ
         if (grad_row) std::fill(grad_row, grad_row + K, static_cast<scalar_t>(value));
         continue;
       }
-      NextRow next;
-      if (i + 1 < end) {
-        next.first = reinterpret_cast<const char*>(zs + (i + 1) * row_stride);
-        next.first_size = sizeof(scalar_t);
-        std::tie(next.second, next.second_size) = target_row(i + 1);
-      }
       const T row_max = copy_row<T>(zs + i * row_stride, K, z);
-      SoftCpuRow<T, scalar_t> row{z, z + K, u, z + 3 * K, K, grad_row, row_max, status == 3, next, store};
+      SoftCpuRow<T, scalar_t> row{z, z + K, u, z + 3 * K, K, grad_row, row_max, status == 3};
       out[i] = soft_row<T>(row, call.mask, prm, eps ? eps[i] : static_cast<T>(call.epsilon), grad_row != nullptr,
                            scale);
     }
-    store.finish();
   });
 }
 
@@ -328,11 +312,7 @@ void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad)
         auto fill = [=](int64_t i, T* u) {
           return probability_coefficients<T>(t + i * t_row, t_col, K, w, keep, spread, u) ? 3 : 0;
         };
-        auto target_row = [=](int64_t i) {
-          const char* row = t_col == 1 ? reinterpret_cast<const char*>(t + i * t_row) : nullptr;
-          return std::pair<const char*, int64_t>(row, sizeof(tgt_t));
-        };
-        soft_rows<logits_t>(call, fill, target_row, rows, grad);
+        soft_rows<logits_t>(call, fill, rows, grad);
       });
       return;
     }
@@ -347,8 +327,7 @@ void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad)
       label_coefficients<T>(y, K, w, keep, spread, u);
       return 0;
     };
-    auto no_target_row = [](int64_t) { return std::pair<const char*, int64_t>(nullptr, 0); };
-    soft_rows<scalar_t>(call, fill, no_target_row, rows, grad);
+    soft_rows<scalar_t>(call, fill, rows, grad);
   });
 }
 

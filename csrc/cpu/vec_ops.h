@@ -55,4 +55,18 @@ struct Ops<at::vec::Vectorized<T>> {
   RK_ELEM static V select_nonzero(const V& x, const V& v) { return V::blendv(V(T(0)), v, x != V(T(0))); }
 };
 
+// v into out[0, lanes) in the logits' dtype: a plain store for the compute type, a rounding
+// copy for the 16-bit dtypes.
+template <class scalar_t, class T>
+RK_ELEM void store_as(const at::vec::Vectorized<T>& v, scalar_t* out) {
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    v.store(out);
+  } else {
+    constexpr int64_t kLanes = at::vec::Vectorized<T>::size();
+    T lanes[kLanes];
+    v.store(lanes);
+    for (int64_t i = 0; i < kLanes; ++i) out[i] = static_cast<scalar_t>(lanes[i]);
+  }
+}
+
 }  // namespace rk
