@@ -85,11 +85,14 @@ constexpr unsigned kNeedsLog = (1u << kCE) | (1u << kGCE) | (1u << kFOCAL) | (1u
 // ClassTerms of the classes of one vector (or one class), from z - m, e = exp(z - m), 1 - a and
 // u. 1 - q = (1 - a) r: no expm1 per logit, and exact as the 1 - a given. kNce and kBiased are
 // s.nce and s.biased as compile-time flags: the pass of an unbiased row or one without nce then
-// carries neither r's division nor nce's terms, nor the registers they hold.
-template <bool kNce, bool kBiased, class T, class V>
-RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars<T>& s, V zm, V e, V one_minus_a,
-                                V u) {
+// carries neither r's division nor nce's terms, nor the registers they hold. A nonzero kMask
+// is the mask itself at compile time (a single label primitive): its pass then holds that
+// primitive's arithmetic alone, with no branch on the mask and no registers for the others.
+template <bool kNce, bool kBiased, unsigned kMask = 0, class T, class V>
+RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const SoftScalars<T>& s, V zm, V e,
+                                V one_minus_a, V u) {
   using O = Ops<V>;
+  const unsigned mask = kMask != 0 ? kMask : runtime_mask;
   const V zero(T(0));
   const V a = e * V(s.inv_s);
   // log a: (z - m) - log S, never z - (m + log S); log q where a primitive of the mask reads it.
@@ -135,7 +138,7 @@ RK_ELEM ClassTerms<V> class_terms(unsigned mask, const T* prm, const SoftScalars
 // class_terms of the row's classes, as a Row's class_sums calls it. A named functor, not a
 // lambda: its call is forced inline into the Row's pass (RK_ELEM), where a lambda's call per
 // vector was left out of line, spilling every vector register.
-template <class T, bool kNce, bool kBiased>
+template <class T, bool kNce, bool kBiased, unsigned kMask>
 struct SoftClassTerms {
   unsigned mask;
   const T* prm;
@@ -143,14 +146,14 @@ struct SoftClassTerms {
 
   template <class V>
   RK_ELEM ClassTerms<V> operator()(V zm, V e, V u) const {
-    return class_terms<kNce, kBiased, T>(mask, prm, *s, zm, e, V(T(1)) - e * V(s->inv_s), u);
+    return class_terms<kNce, kBiased, kMask, T>(mask, prm, *s, zm, e, V(T(1)) - e * V(s->inv_s), u);
   }
 };
 
 // d_k of SoftClassTerms alone, for a Row that recomputes it in the gradient pass.
-template <class T, bool kNce, bool kBiased>
+template <class T, bool kNce, bool kBiased, unsigned kMask>
 struct SoftClassD {
-  SoftClassTerms<T, kNce, kBiased> terms;
+  SoftClassTerms<T, kNce, kBiased, kMask> terms;
 
   template <class V>
   RK_ELEM V operator()(V zm, V e, V u) const {
@@ -190,15 +193,51 @@ RK_HD T soft_nan_row(Row& row, bool need_grad) {
   return nan;
 }
 
-// The class pass and the gradient pass of soft_row, compiled for one (nce, biased) pair.
-template <bool kNce, bool kBiased, class T, class Row>
+// The class pass and the gradient pass of soft_row, compiled for one (nce, biased) pair and,
+// where kMask is nonzero, for that mask alone.
+template <bool kNce, bool kBiased, unsigned kMask = 0, class T, class Row>
 RK_HD T soft_class_passes(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others,
                           const TargetSums<T>& ts, bool need_grad, T scale) {
-  const SoftClassTerms<T, kNce, kBiased> terms{mask, prm, &s};
+  const SoftClassTerms<T, kNce, kBiased, kMask> terms{mask, prm, &s};
   const ClassSums<T> rest = row.class_sums(terms);
-  const ClassTerms<T> star = class_terms<kNce, kBiased, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
-  if (need_grad) write_soft_grad(row, SoftClassD<T, kNce, kBiased>{terms}, s, others, star, rest, scale);
+  const ClassTerms<T> star =
+      class_terms<kNce, kBiased, kMask, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
+  if (need_grad) write_soft_grad(row, SoftClassD<T, kNce, kBiased, kMask>{terms}, s, others, star, rest, scale);
   return rest.loss + star.loss;
+}
+
+// A Row that sets `static constexpr bool kFoldsSingleTerm = true` gets soft_class_passes compiled
+// per single label primitive: a pass it runs over L1-resident buffers (the CPU's) is bound by its
+// arithmetic, where the generic mask's branches and spilled registers cost most of the pass.
+template <class Row, class = void>
+struct FoldsSingleTerm : std::false_type {};
+template <class Row>
+struct FoldsSingleTerm<Row, std::enable_if_t<Row::kFoldsSingleTerm>> : std::true_type {};
+
+// The primitives with a pass of their own on such a Row: the single-term losses that take
+// probability targets and label smoothing most (ce at eps = 0 needs no class pass at all).
+template <bool kBiased, class T, class Row>
+RK_HD bool single_term_passes(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others,
+                              const TargetSums<T>& ts, bool need_grad, T scale, T& loss) {
+  switch (mask) {
+    case 1u << kCE:
+      loss = soft_class_passes<false, kBiased, 1u << kCE>(row, mask, prm, s, others, ts, need_grad, scale);
+      return true;
+    case 1u << kMAE:
+      loss = soft_class_passes<false, kBiased, 1u << kMAE>(row, mask, prm, s, others, ts, need_grad, scale);
+      return true;
+    case 1u << kGCE:
+      loss = soft_class_passes<false, kBiased, 1u << kGCE>(row, mask, prm, s, others, ts, need_grad, scale);
+      return true;
+    case 1u << kAGCE:
+      loss = soft_class_passes<false, kBiased, 1u << kAGCE>(row, mask, prm, s, others, ts, need_grad, scale);
+      return true;
+    case 1u << kRCE:
+      loss = soft_class_passes<false, kBiased, 1u << kRCE>(row, mask, prm, s, others, ts, need_grad, scale);
+      return true;
+    default:
+      return false;
+  }
 }
 
 // The loss of one row (and its gradient, times `scale`, when need_grad). `mask` holds only
@@ -244,6 +283,13 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
       write_soft_grad(row, d_of, s, others, star, rest, scale);
     }
     return loss;
+  }
+  if constexpr (FoldsSingleTerm<Row>::value) {
+    T loss = T(0);
+    if (!s.nce && (s.biased ? single_term_passes<true>(row, mask, prm, s, others, ts, need_grad, scale, loss)
+                            : single_term_passes<false>(row, mask, prm, s, others, ts, need_grad, scale, loss))) {
+      return loss;
+    }
   }
   if (s.nce) {
     return s.biased ? soft_class_passes<true, true>(row, mask, prm, s, others, ts, need_grad, scale)

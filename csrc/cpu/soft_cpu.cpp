@@ -1,10 +1,11 @@
 // Soft-target rows on the CPU: at::parallel_for over rows; each row's logits are copied once into
-// a per-thread buffer in the compute type, its class coefficients u formed into a second, and the
-// passes of soft_math.h's soft_row run over those buffers with ATen's SIMD vectors, keeping
-// exp(z_j - m) and d_j for the gradient pass (one read of the logits and target, one write). A
-// row of 4 K values stays in L1 for K up to about 2000, so each pass after the copy costs its
-// arithmetic only: the exp pass also finds j* and the target's sums, and the class pass is
-// inlined whole (SoftClassTerms), its transcendentals those of the primitives present.
+// a per-thread buffer in the compute type, its class coefficients u formed into a second (a
+// probability target's by the exp pass, which reads it), and the passes of soft_math.h's soft_row
+// run over those buffers with ATen's SIMD vectors, keeping exp(z_j - m) and d_j for the gradient
+// pass (one read of the logits and target, one write). A row of 4 K values stays in L1 for K up
+// to about 2000, so each pass after the copy costs its arithmetic only: the exp pass also finds
+// j* and the target's sums, and the class pass is inlined whole (SoftClassTerms), its
+// transcendentals those of the primitives present.
 #include "cpu/soft_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/vec_ops.h"
@@ -41,12 +43,77 @@ T lane_sum(const Vectorized<T>& v) {
   return total;
 }
 
+// Where the exp pass of a row gets its class coefficients u_k: from the buffer a label row's
+// coefficients were written into, or formed there from the probability target, which the exp
+// pass -- bound by its exp -- then reads from memory alongside (a separate pass over the target
+// would leave the memory idle during the exp and the arithmetic idle during the read). Both
+// leave u_k in the buffer for the later passes.
+template <class T>
+struct StoredCoefficients {
+  using Vec = Vectorized<T>;
+  T* u;
+
+  Vec load(int64_t j) { return Vec::loadu(u + j); }
+  T load_one(int64_t j) { return u[j]; }
+  bool bad() const { return false; }
+};
+
+// u_k = w_k ((1 - alpha) t_k + alpha / K) of a probability row t (column stride `stride`), and
+// whether the row holds a negative or NaN entry.
+template <class T, class tgt_t>
+struct ProbabilityCoefficients {
+  using Vec = Vectorized<T>;
+  static constexpr int64_t kLanes = Vec::size();
+  T* u;
+  const tgt_t* t;
+  int64_t stride;
+  const T* w;
+  T keep, spread;
+  Vec low = Vec(T(0));  // the minimum of 0 and the entries read, NaN once one is NaN
+
+  Vec load_target(int64_t j) const {
+    if constexpr (std::is_same_v<tgt_t, T>) {
+      if (stride == 1) return Vec::loadu(t + j);
+    }
+    T lanes[kLanes];
+    for (int64_t i = 0; i < kLanes; ++i) lanes[i] = static_cast<T>(t[(j + i) * stride]);
+    return Vec::loadu(lanes);
+  }
+
+  Vec load(int64_t j) {
+    const Vec tv = load_target(j);
+    low = at::vec::minimum(low, tv);  // propagates NaN
+    Vec uv = tv * Vec(keep) + Vec(spread);
+    if (w) uv = uv * Vec::loadu(w + j);
+    uv.store(u + j);
+    return uv;
+  }
+
+  T load_one(int64_t j) {
+    const T tj = static_cast<T>(t[j * stride]);
+    if (!(tj >= T(0))) low = Vec(-T(1));
+    const T uj = w ? (tj * keep + spread) * w[j] : tj * keep + spread;
+    u[j] = uj;
+    return uj;
+  }
+
+  bool bad() const {
+    T lanes[kLanes];
+    low.store(lanes);
+    for (int64_t i = 0; i < kLanes; ++i) {
+      if (!(lanes[i] >= T(0))) return true;
+    }
+    return false;
+  }
+};
+
 // The Row of soft_math.h over the buffers of one row: z (in the compute type), e_j, u_j, d_j.
 // Sums over k != j* zero the lane j* in the vector that holds it, never subtract it afterwards.
-template <class T, class scalar_t>
+template <class T, class scalar_t, class Coefficients>
 struct SoftCpuRow {
   using Vec = Vectorized<T>;
   static constexpr int64_t kLanes = Vec::size();
+  static constexpr bool kFoldsSingleTerm = true;  // soft_math.h: its passes are arithmetic-bound
   const T* z;
   T* e;
   const T* u;
@@ -54,7 +121,7 @@ struct SoftCpuRow {
   int64_t K;
   scalar_t* grad;
   T max_value;
-  bool bad;  // a negative or NaN probability, found while u was formed
+  Coefficients coefficients;  // fills u in the exp pass
   int64_t special = 0;
   bool have_d = false;
 
@@ -63,8 +130,8 @@ struct SoftCpuRow {
 
   bool in_block(int64_t j) const { return special >= j && special < j + kLanes; }
 
-  // find_special, target_sums and remember_exp in one pass over z and u (the calls below answer
-  // from it): e_j stored, j* found in the first block that holds z_j - m = 0, and the lane j*
+  // find_special, target_sums and remember_exp in one pass over z and the coefficients (the
+  // calls below answer from it): u_j and e_j stored, j* found in the first block that holds z_j - m = 0, and the lane j*
   // zeroed in that block's share of the sums over k != j*.
   void find_special(T m) {
     Vec acc_u(T(0)), acc_uz(T(0)), acc_e(T(0));
@@ -72,7 +139,7 @@ struct SoftCpuRow {
     int64_t j = 0;
     for (; j + kLanes <= K; j += kLanes) {
       const Vec zm = Vec::loadu(z + j) - Vec(m);
-      Vec uv = Vec::loadu(u + j);
+      Vec uv = coefficients.load(j);
       Vec ev = Ops<Vec>::exp_shifted(zm);
       ev.store(e + j);
       acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * zm);
@@ -91,17 +158,18 @@ struct SoftCpuRow {
     T total_u = lane_sum(acc_u), total_uz = lane_sum(acc_uz), total_e = lane_sum(acc_e);
     for (; j < K; ++j) {
       const T zm = z[j] - m;
+      const T uj = coefficients.load_one(j);
       e[j] = Ops<T>::exp_shifted(zm);
-      total_uz += Ops<T>::select_nonzero(u[j], u[j] * zm);
+      total_uz += Ops<T>::select_nonzero(uj, uj * zm);
       if (!found && zm == T(0)) {
         found = true;
         special = j;
         continue;
       }
-      total_u += u[j];
+      total_u += uj;
       total_e += e[j];
     }
-    target = {u[special], total_u, total_uz, bad};
+    target = {u[special], total_u, total_uz, coefficients.bad()};
     others_e = total_e;
   }
 
@@ -204,40 +272,6 @@ T copy_row(const scalar_t* src, int64_t K, T* out) {
   return best;
 }
 
-// u_k = w_k ((1 - alpha) t_k + alpha / K) of a probability row t (column stride `stride`);
-// returns whether it holds a negative or NaN entry.
-template <class T, class tgt_t>
-bool probability_coefficients(const tgt_t* t, int64_t stride, int64_t K, const T* w, T keep, T spread, T* u) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t kLanes = Vec::size();
-  int64_t j = 0;
-  T low = T(0);
-  if constexpr (std::is_same_v<tgt_t, T>) {
-    if (stride == 1) {
-      Vec acc(T(0));
-      for (; j + kLanes <= K; j += kLanes) {
-        const Vec tv = Vec::loadu(t + j);
-        acc = at::vec::minimum(acc, tv);  // propagates NaN
-        Vec uv = tv * Vec(keep) + Vec(spread);
-        if (w) uv = uv * Vec::loadu(w + j);
-        uv.store(u + j);
-      }
-      T lanes[kLanes];
-      acc.store(lanes);
-      for (int64_t i = 0; i < kLanes; ++i) {
-        if (!(lanes[i] >= T(0))) low = -T(1);
-      }
-    }
-  }
-  for (; j < K; ++j) {
-    const T tj = static_cast<T>(t[j * stride]);
-    if (!(tj >= T(0))) low = -T(1);
-    const T uj = tj * keep + spread;
-    u[j] = w ? uj * w[j] : uj;
-  }
-  return low < T(0);
-}
-
 // u_k = (alpha / K) w_k + (1 - alpha) w_y [k == y] of label y (label smoothing).
 template <class T>
 void label_coefficients(int64_t y, int64_t K, const T* w, T keep, T spread, T* u) {
@@ -254,9 +288,9 @@ void label_coefficients(int64_t y, int64_t K, const T* w, T keep, T spread, T* u
   }
 }
 
-// Every row: `fill(i, u)` forms row i's coefficients and returns 0 (a row to compute), 1 (an
-// ignored row: loss 0, gradient 0), 2 (an invalid label: NaN row, its logits never read) or 3
-// (a bad probability row: NaN row, through soft_row).
+// Every row: `fill(i, u)` returns {status, the row's coefficient source over the buffer u}, the
+// status 0 (a row to compute), 1 (an ignored row: loss 0, gradient 0) or 2 (an invalid label:
+// NaN row, its logits never read). A bad probability row is a NaN row through soft_row.
 template <class scalar_t, class Fill>
 void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at::Tensor& grad_out) {
   using T = at::opmath_type<scalar_t>;
@@ -278,15 +312,15 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at:
     T* u = z + 2 * K;
     for (int64_t i = begin; i < end; ++i) {
       scalar_t* grad_row = grad ? grad + i * K : nullptr;
-      const int status = fill(i, u);
-      if (status == 1 || status == 2) {
+      auto [status, coefficients] = fill(i, u);
+      if (status != 0) {
         const T value = status == 1 ? T(0) : nan;
         out[i] = value;
         if (grad_row) std::fill(grad_row, grad_row + K, static_cast<scalar_t>(value));
         continue;
       }
       const T row_max = copy_row<T>(zs + i * row_stride, K, z);
-      SoftCpuRow<T, scalar_t> row{z, z + K, u, z + 3 * K, K, grad_row, row_max, status == 3};
+      SoftCpuRow<T, scalar_t, decltype(coefficients)> row{z, z + K, u, z + 3 * K, K, grad_row, row_max, coefficients};
       out[i] = soft_row<T>(row, call.mask, prm, eps ? eps[i] : static_cast<T>(call.epsilon), grad_row != nullptr,
                            scale);
     }
@@ -310,7 +344,7 @@ void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad)
         using tgt_t = scalar_t;
         const tgt_t* t = target.const_data_ptr<tgt_t>();
         auto fill = [=](int64_t i, T* u) {
-          return probability_coefficients<T>(t + i * t_row, t_col, K, w, keep, spread, u) ? 3 : 0;
+          return std::pair{0, ProbabilityCoefficients<T, tgt_t>{u, t + i * t_row, t_col, w, keep, spread}};
         };
         soft_rows<logits_t>(call, fill, rows, grad);
       });
@@ -322,10 +356,11 @@ void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad)
     const int64_t ignore_index = call.ignore_index;
     auto fill = [=](int64_t i, T* u) {
       const int64_t y = l[i * l_stride];
-      if (y == ignore_index) return 1;
-      if (y < 0 || y >= K) return 2;
+      const StoredCoefficients<T> stored{u};
+      if (y == ignore_index) return std::pair{1, stored};
+      if (y < 0 || y >= K) return std::pair{2, stored};
       label_coefficients<T>(y, K, w, keep, spread, u);
-      return 0;
+      return std::pair{0, stored};
     };
     soft_rows<scalar_t>(call, fill, rows, grad);
   });
