@@ -148,20 +148,29 @@ RK_HD V exp_t(V u, T t) {
 //   * p log p / (1 - p) -> -1 as p -> 1 and -> 0 as p -> 0; both limits are selected
 //     explicitly because the quotient is 0/0 or 0 * inf there.
 template <class V, class T>
-RK_ELEM V focal_weight(V lp, T gamma) {
+RK_ELEM V focal_weight_of(V one_minus_p, T gamma) {
   using O = Ops<V>;
   if (gamma == T(0)) return V(T(1));
-  return O::exp(V(gamma) * O::log(V(T(0)) - O::expm1(lp)));
+  return O::exp(V(gamma) * O::log(one_minus_p));
 }
 
-// h from log p, p and w = (1 - p)^gamma already at hand.
 template <class V, class T>
-RK_ELEM V focal_h_from(V lp, V p, V w, T gamma) {
+RK_ELEM V focal_weight(V lp, T gamma) {
+  return focal_weight_of(V(T(0)) - Ops<V>::expm1(lp), gamma);
+}
+
+// h from log p, p, 1 - p and w = (1 - p)^gamma already at hand.
+template <class V, class T>
+RK_ELEM V focal_h_of(V lp, V p, V one_minus_p, V w, T gamma) {
   using O = Ops<V>;
-  const V one_minus_p = V(T(0)) - O::expm1(lp);
   V ratio = O::select_gt(one_minus_p, V(T(0)), p * lp / one_minus_p, V(T(-1)));
   ratio = O::select_gt(p, V(T(0)), ratio, V(T(0)));
   return w * (V(T(1)) - V(gamma) * ratio);
+}
+
+template <class V, class T>
+RK_ELEM V focal_h_from(V lp, V p, V w, T gamma) {
+  return focal_h_of(lp, p, V(T(0)) - Ops<V>::expm1(lp), w, gamma);
 }
 
 template <class V, class T>
@@ -514,6 +523,53 @@ RK_HD T label_row(Row& row, unsigned mask, const T* prm, T a_y, bool need_grad, 
   return c.loss;
 }
 
+// n = 1 / (t - 1) when it is a whole number from 1 to 8 to the precision of T (t = 2, 1.5,
+// 1.25, 1.2 -- the published t2 -- ...), else 0: exp_t(u) = [1 + (1 - t) u]^(-n) is then a few
+// products and one division, where the general form costs a log1p and an exp.
+template <class T>
+RK_HD int whole_tempered_power(T t) {
+  if (!(t > T(1))) return 0;
+  const T n = T(1) / (t - T(1));
+  if (!(n > T(0.5) && n < T(8.5))) return 0;
+  const int whole = static_cast<int>(n + T(0.5));
+  const T gap = n - T(whole);
+  const T tolerance = T(16) * std::numeric_limits<T>::epsilon() * T(whole);
+  return gap <= tolerance && gap >= -tolerance ? whole : 0;
+}
+
+// exp_t(u) for t > 1, u <= 0 and n = whole_tempered_power(t) > 0. The base is >= 1, so nothing
+// cancels; at u = -inf it is inf and the value 0, the limit.
+template <class V, class T>
+RK_HD V exp_t_whole(V u, T t, int n) {
+  const V base = V(T(1)) + V(T(1) - t) * u;
+  V power = base;
+  for (int i = 1; i < n; ++i) power = power * base;
+  return V(T(1)) / power;
+}
+
+// sum_j exp_t((a_j - mu) factor) over the whole row (kOthers false) or over the classes other
+// than the label (true), t > 1.
+template <bool kOthers, class T, class Row>
+RK_HD T tempered_partition(Row& row, T mu, T factor, T t, int whole) {
+  auto sum = [&row](const auto& f) {
+    if constexpr (kOthers) {
+      return row.sum_others(f);
+    } else {
+      return row.sum_of(f);
+    }
+  };
+  if (whole > 0) {
+    return sum([mu, factor, t, whole](auto a) {
+      using V = decltype(a);
+      return exp_t_whole((a - V(mu)) * V(factor), t, whole);
+    });
+  }
+  return sum([mu, factor, t](auto a) {
+    using V = decltype(a);
+    return exp_t((a - V(mu)) * V(factor), t);
+  });
+}
+
 // lambda_t(a) - max(a) of the tempered softmax, as Google's implementation: logsumexp for t = 1,
 // `num_iters` fixed-point steps for t > 1, bisection to convergence for t < 1.
 template <class T, class Row>
@@ -522,21 +578,16 @@ RK_HD T bitemp_normalization(Row& row, T mu, T a_y, T t, int num_iters) {
   if (t == T(1)) return log_partition(row, mu, a_y);
   if (t > T(1)) {
     // a_hat = (a - mu) * Z^(1 - t): the iterate is a scalar multiple of a - mu.
+    const int whole = whole_tempered_power(t);
     T factor = T(1);
     T partition = T(1);
     for (int i = 0; i < num_iters; ++i) {
-      partition = row.sum_of([mu, factor, t](auto a) {
-        using V = decltype(a);
-        return exp_t((a - V(mu)) * V(factor), t);
-      });
+      partition = tempered_partition<false>(row, mu, factor, t, whole);
       factor = O::exp((T(1) - t) * O::log(partition));
     }
     // Last partition with the label term apart: Z = 1 + others when the label holds the max
     // (exp_t(0) = 1), and log1p keeps the small normaliser -- hence log p_y -- accurate.
-    const T others = row.sum_others([mu, factor, t](auto a) {
-      using V = decltype(a);
-      return exp_t((a - V(mu)) * V(factor), t);
-    });
+    const T others = tempered_partition<true>(row, mu, factor, t, whole);
     const T log_z = a_y == mu ? O::log1p(others) : O::log(exp_t((a_y - mu) * factor, t) + others);
     // -log_t(1/Z) = -expm1((t - 1) log Z) / (1 - t)
     return -O::expm1((t - T(1)) * log_z) / (T(1) - t);

@@ -154,6 +154,10 @@ _BRANCHES = [
     _case("bitemp", {"t1": 0.7, "t2": 1.0}, sets=(*_EVERYWHERE, SMALL)),  # t2 = 1: the softmax
     _case("bitemp", {"t1": 1.0, "t2": 1.0}, sets=(CORE,)),  # cross entropy
     _case("bitemp", {"t1": 0.9, "t2": 0.6}, sets=(CORE,)),  # t2 < t1: forget factor 0 where p = 0
+    # 1 / (t2 - 1) a whole number (the default t2 = 1.2 has 5): the partition by products; 2.0
+    # at the end of that range (a power of 1), 1.4 off it (2.5: the log1p and exp).
+    _case("bitemp", {"t1": 0.6, "t2": 2.0}, sets=(CORE,)),
+    _case("bitemp", {"t1": 0.6, "t2": 1.4}, sets=(CORE,)),
     _case("focal", {"gamma": 0.0}, sets=_EVERYWHERE),  # weight 1: cross entropy
     _case("nfl", {"gamma": 0.0}, sets=(CORE,)),  # nce
     _case("nfl_agce", {"gamma": 0.0}, sets=(CORE,)),

@@ -143,14 +143,31 @@ void elementwise_sums(Variant<kV>, CpuRow<T, S>& row, T m, T log_s, const T* prm
   constexpr bool kPow = (kV & (1u << kNGCE)) != 0;
   const T inv_s = std::exp(-log_s);
   const T gamma = prm[kSlot_nfl_gamma], q = prm[kSlot_ngce_q];
+  // 1 - p_j without an expm1 per logit: a lane below the maximum (e_j < 1) has p_j <= 1/2 (a
+  // p_j above 1/2 is the row's unique maximum), so 1 - e_j / S is exact to an ulp or two; a lane
+  // at the maximum (e_j = 1) takes -expm1(log p) as loss_math.h does, formed once per row.
+  const T one_minus_p_at_max = -std::expm1(-log_s);
   // focal_j, h_j, 1 - p_j^q and p_j^q of one vector or one element (those of the variant).
-  auto terms = [m, log_s, inv_s, gamma, q](auto a, auto e, auto& focal, auto& h, auto& one_minus_pq, auto& pq) {
+  auto terms = [m, log_s, inv_s, gamma, q, one_minus_p_at_max](auto a, auto e, auto& focal, auto& h,
+                                                                auto& one_minus_pq, auto& pq) {
     using V = decltype(a);
     const V lp = (a - V(m)) - V(log_s);  // as in loss_math.h: never a - (m + log s)
     if constexpr (kFocal) {
-      const V w = focal_weight(lp, gamma);
+      const V p = e * V(inv_s);
+      const V one_minus_p = Ops<V>::select_gt(V(T(1)), e, V(T(1)) - p, V(one_minus_p_at_max));
+      // gamma = 1/2 (the published nfl's): sqrt, correctly rounded, for exp(log(.) / 2).
+      V w;
+      if (gamma == T(0.5)) {
+        if constexpr (std::is_same_v<V, T>) {
+          w = std::sqrt(one_minus_p);
+        } else {
+          w = one_minus_p.sqrt();
+        }
+      } else {
+        w = focal_weight_of(one_minus_p, gamma);
+      }
       focal = V(T(0)) - w * lp;
-      h = focal_h_from(lp, e * V(inv_s), w, gamma);
+      h = focal_h_of(lp, p, one_minus_p, w, gamma);
     }
     if constexpr (kPow) one_minus_pq = one_minus_pow(lp, q, pq);
   };
