@@ -43,40 +43,56 @@ T lane_sum(const Vectorized<T>& v) {
   return total;
 }
 
-// Where the exp pass of a row gets its class coefficients u_k: from the buffer a label row's
-// coefficients were written into, or formed there from the probability target, which the exp
-// pass -- bound by its exp -- then reads from memory alongside (a separate pass over the target
-// would leave the memory idle during the exp and the arithmetic idle during the read). Both
-// leave u_k in the buffer for the later passes.
+// Where the exp pass of a row gets its class coefficients u_k: from the buffer they were written
+// into (a label row's; a probability row of another dtype than the compute type's, converted by
+// a pass of its own), or formed there from a probability target of the compute type, which the
+// exp pass -- bound by its exp -- then reads from memory alongside (a separate pass over the
+// target would leave the memory idle during the exp and the arithmetic idle during the read).
+// Both leave u_k in the buffer for the later passes. The Row's type depends on the source's, so
+// a source per target dtype would compile every pass once more per dtype.
 template <class T>
 struct StoredCoefficients {
   using Vec = Vectorized<T>;
   T* u;
+  bool bad_row = false;  // a negative or NaN probability, found while u was formed
 
   Vec load(int64_t j) { return Vec::loadu(u + j); }
   T load_one(int64_t j) { return u[j]; }
-  bool bad() const { return false; }
+  bool bad() const { return bad_row; }
 };
 
-// u_k = w_k ((1 - alpha) t_k + alpha / K) of a probability row t (column stride `stride`), and
-// whether the row holds a negative or NaN entry.
+// u_k = w_k ((1 - alpha) t_k + alpha / K) of a probability row t (column stride `stride`),
+// returning whether it holds a negative or NaN entry: the pass of its own of a target whose dtype
+// is not the compute type.
 template <class T, class tgt_t>
+bool probability_coefficients(const tgt_t* t, int64_t stride, int64_t K, const T* w, T keep, T spread, T* u) {
+  T low = T(0);
+  for (int64_t j = 0; j < K; ++j) {
+    const T tj = static_cast<T>(t[j * stride]);
+    if (!(tj >= T(0))) low = -T(1);
+    const T uj = tj * keep + spread;
+    u[j] = w ? uj * w[j] : uj;
+  }
+  return low < T(0);
+}
+
+// The same coefficients of a target of the compute type, formed by the exp pass, and whether the
+// row holds a negative or NaN entry.
+template <class T>
 struct ProbabilityCoefficients {
   using Vec = Vectorized<T>;
   static constexpr int64_t kLanes = Vec::size();
   T* u;
-  const tgt_t* t;
+  const T* t;
   int64_t stride;
   const T* w;
   T keep, spread;
   Vec low = Vec(T(0));  // the minimum of 0 and the entries read, NaN once one is NaN
 
   Vec load_target(int64_t j) const {
-    if constexpr (std::is_same_v<tgt_t, T>) {
-      if (stride == 1) return Vec::loadu(t + j);
-    }
+    if (stride == 1) return Vec::loadu(t + j);
     T lanes[kLanes];
-    for (int64_t i = 0; i < kLanes; ++i) lanes[i] = static_cast<T>(t[(j + i) * stride]);
+    for (int64_t i = 0; i < kLanes; ++i) lanes[i] = t[(j + i) * stride];
     return Vec::loadu(lanes);
   }
 
@@ -90,7 +106,7 @@ struct ProbabilityCoefficients {
   }
 
   T load_one(int64_t j) {
-    const T tj = static_cast<T>(t[j * stride]);
+    const T tj = t[j * stride];
     if (!(tj >= T(0))) low = Vec(-T(1));
     const T uj = w ? (tj * keep + spread) * w[j] : tj * keep + spread;
     u[j] = uj;
@@ -113,7 +129,9 @@ template <class T, class scalar_t, class Coefficients>
 struct SoftCpuRow {
   using Vec = Vectorized<T>;
   static constexpr int64_t kLanes = Vec::size();
-  static constexpr bool kFoldsSingleTerm = true;  // soft_math.h: its passes are arithmetic-bound
+  // soft_math.h: its passes are arithmetic-bound. Float32 logits only: every folded primitive is
+  // one more compilation of the row's passes.
+  static constexpr bool kFoldsSingleTerm = std::is_same_v<T, float> && std::is_same_v<scalar_t, float>;
   const T* z;
   T* e;
   const T* u;
@@ -327,6 +345,25 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at:
   });
 }
 
+// The rows of a probability target t (row stride t_row, column stride t_col).
+template <class scalar_t, class T, class tgt_t>
+void probability_rows(const SoftRowsCall& call, const tgt_t* t, int64_t t_row, int64_t t_col, const T* w, T keep,
+                      T spread, at::Tensor& rows, at::Tensor& grad) {
+  if constexpr (std::is_same_v<tgt_t, T>) {
+    auto fill = [=](int64_t i, T* u) {
+      return std::pair{0, ProbabilityCoefficients<T>{u, t + i * t_row, t_col, w, keep, spread}};
+    };
+    soft_rows<scalar_t>(call, fill, rows, grad);
+  } else {
+    const int64_t K = call.logits.size(1);
+    auto fill = [=](int64_t i, T* u) {
+      const bool bad = probability_coefficients<T>(t + i * t_row, t_col, K, w, keep, spread, u);
+      return std::pair{0, StoredCoefficients<T>{u, bad}};
+    };
+    soft_rows<scalar_t>(call, fill, rows, grad);
+  }
+}
+
 }  // namespace
 
 void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad) {
@@ -343,10 +380,7 @@ void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad)
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "robustkernels_soft_target", [&] {
         using tgt_t = scalar_t;
         const tgt_t* t = target.const_data_ptr<tgt_t>();
-        auto fill = [=](int64_t i, T* u) {
-          return std::pair{0, ProbabilityCoefficients<T, tgt_t>{u, t + i * t_row, t_col, w, keep, spread}};
-        };
-        soft_rows<logits_t>(call, fill, rows, grad);
+        probability_rows<logits_t>(call, t, t_row, t_col, w, keep, spread, rows, grad);
       });
       return;
     }
