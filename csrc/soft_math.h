@@ -39,6 +39,8 @@
 //   void write_grad(f, v)              grad_j = f(z_j), grad_{j*} = v (NaN rows)
 #pragma once
 
+#include <utility>
+
 #include "loss_math.h"
 
 namespace rk {
@@ -216,28 +218,18 @@ struct FoldsSingleTerm<Row, std::enable_if_t<Row::kFoldsSingleTerm>> : std::true
 
 // The primitives with a pass of their own on such a Row: the single-term losses that take
 // probability targets and label smoothing most (ce at eps = 0 needs no class pass at all).
-template <bool kBiased, class T, class Row>
-RK_HD bool single_term_passes(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others,
-                              const TargetSums<T>& ts, bool need_grad, T scale, T& loss) {
-  switch (mask) {
-    case 1u << kCE:
-      loss = soft_class_passes<false, kBiased, 1u << kCE>(row, mask, prm, s, others, ts, need_grad, scale);
-      return true;
-    case 1u << kMAE:
-      loss = soft_class_passes<false, kBiased, 1u << kMAE>(row, mask, prm, s, others, ts, need_grad, scale);
-      return true;
-    case 1u << kGCE:
-      loss = soft_class_passes<false, kBiased, 1u << kGCE>(row, mask, prm, s, others, ts, need_grad, scale);
-      return true;
-    case 1u << kAGCE:
-      loss = soft_class_passes<false, kBiased, 1u << kAGCE>(row, mask, prm, s, others, ts, need_grad, scale);
-      return true;
-    case 1u << kRCE:
-      loss = soft_class_passes<false, kBiased, 1u << kRCE>(row, mask, prm, s, others, ts, need_grad, scale);
-      return true;
-    default:
-      return false;
-  }
+using SingleTermPrimitives = std::integer_sequence<int, kCE, kMAE, kGCE, kAGCE, kRCE>;
+
+// Whether `mask` is one of kPrimitives alone; if so, its passes ran and `loss` holds the row's.
+template <bool kBiased, int... kPrimitives, class T, class Row>
+RK_HD bool single_term_passes(std::integer_sequence<int, kPrimitives...>, Row& row, unsigned mask, const T* prm,
+                              const SoftScalars<T>& s, T others, const TargetSums<T>& ts, bool need_grad, T scale,
+                              T& loss) {
+  return ((mask == 1u << kPrimitives &&
+           (loss = soft_class_passes<false, kBiased, 1u << kPrimitives>(row, mask, prm, s, others, ts, need_grad,
+                                                                          scale),
+            true)) ||
+          ...);
 }
 
 // The loss of one row (and its gradient, times `scale`, when need_grad). `mask` holds only
@@ -286,8 +278,10 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
   }
   if constexpr (FoldsSingleTerm<Row>::value) {
     T loss = T(0);
-    if (!s.nce && (s.biased ? single_term_passes<true>(row, mask, prm, s, others, ts, need_grad, scale, loss)
-                            : single_term_passes<false>(row, mask, prm, s, others, ts, need_grad, scale, loss))) {
+    const SingleTermPrimitives single;
+    if (!s.nce && (s.biased ? single_term_passes<true>(single, row, mask, prm, s, others, ts, need_grad, scale, loss)
+                            : single_term_passes<false>(single, row, mask, prm, s, others, ts, need_grad, scale,
+                                                        loss))) {
       return loss;
     }
   }

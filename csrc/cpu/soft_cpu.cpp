@@ -61,19 +61,25 @@ struct StoredCoefficients {
   bool bad() const { return bad_row; }
 };
 
-// u_k = w_k ((1 - alpha) t_k + alpha / K) of a probability row t (column stride `stride`),
+// u_k = w_k ((1 - alpha) t_k + alpha / K) of one class (w null: no class weights).
+template <class T>
+T probability_coefficient(T t_k, const T* w, int64_t k, T keep, T spread) {
+  const T u_k = t_k * keep + spread;
+  return w ? u_k * w[k] : u_k;
+}
+
+// probability_coefficient of every class of a probability row t (column stride `stride`),
 // returning whether it holds a negative or NaN entry: the pass of its own of a target whose dtype
 // is not the compute type.
 template <class T, class tgt_t>
 bool probability_coefficients(const tgt_t* t, int64_t stride, int64_t K, const T* w, T keep, T spread, T* u) {
-  T low = T(0);
+  bool bad = false;
   for (int64_t j = 0; j < K; ++j) {
     const T tj = static_cast<T>(t[j * stride]);
-    if (!(tj >= T(0))) low = -T(1);
-    const T uj = tj * keep + spread;
-    u[j] = w ? uj * w[j] : uj;
+    if (!(tj >= T(0))) bad = true;
+    u[j] = probability_coefficient(tj, w, j, keep, spread);
   }
-  return low < T(0);
+  return bad;
 }
 
 // The same coefficients of a target of the compute type, formed by the exp pass, and whether the
@@ -108,9 +114,8 @@ struct ProbabilityCoefficients {
   T load_one(int64_t j) {
     const T tj = t[j * stride];
     if (!(tj >= T(0))) low = Vec(-T(1));
-    const T uj = w ? (tj * keep + spread) * w[j] : tj * keep + spread;
-    u[j] = uj;
-    return uj;
+    u[j] = probability_coefficient(tj, w, j, keep, spread);
+    return u[j];
   }
 
   bool bad() const {
@@ -149,8 +154,8 @@ struct SoftCpuRow {
   bool in_block(int64_t j) const { return special >= j && special < j + kLanes; }
 
   // find_special, target_sums and remember_exp in one pass over z and the coefficients (the
-  // calls below answer from it): u_j and e_j stored, j* found in the first block that holds z_j - m = 0, and the lane j*
-  // zeroed in that block's share of the sums over k != j*.
+  // calls below answer from it): u_j and e_j stored, j* found in the first block that holds
+  // z_j - m = 0, and the lane j* zeroed in that block's share of the sums over k != j*.
   void find_special(T m) {
     Vec acc_u(T(0)), acc_uz(T(0)), acc_e(T(0));
     bool found = false;
