@@ -49,6 +49,9 @@ int main() {
   measure("expm1_avx2", rk::expm1_avx2, expm1, -20.0, 20.0, 1e-5);
   measure("log_avx2", rk::log_avx2, log, 1e-45, 3e38, 1.0 + 1e-5, true);
   measure("log1p_avx2", rk::log1p_avx2, log1p, -1.0 + 1e-7, 1.0, 1e-6);
+  measure("log1p_avx2 (series)", rk::log1p_avx2, log1p, -1.0 / 16.0, 1.0 / 16.0, 1e-8);
+  measure("reciprocal_one_plus_avx2", rk::reciprocal_one_plus_avx2, [](double x) { return 1.0 / (1.0 + x); },
+          -1.0 + 1e-6, 1.0, 1e-6);
   measure("log1p_avx2 (large)", rk::log1p_avx2, log1p, 1.0, 3e38, 1.0 + 1e-5, true);
   specials("exp_avx2", rk::exp_avx2, {-INFINITY, INFINITY, NAN, -88.0f, -87.3f, 0.0f, -0.0f, 88.7f});
   specials("exp_nonpositive_avx2", rk::exp_nonpositive_avx2, {-INFINITY, -88.0f, -87.3f, -1e-30f, 0.0f, -0.0f, -1.0f, -50.0f});

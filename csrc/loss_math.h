@@ -98,6 +98,9 @@ struct Ops<float> {
   static RK_HD float exp_shifted(float x) { return ::expf(x); }
   static RK_HD float log(float x) { return ::logf(x); }
   static RK_HD float expm1(float x) { return ::expm1f(x); }
+  // expm1(x) given e = exp(x) (a vector backend may form it from e where |x| is large).
+  static RK_HD float expm1_given_exp(float x, float /*e*/) { return ::expm1f(x); }
+  static RK_HD float reciprocal_one_plus(float x) { return 1.0f / (1.0f + x); }
   static RK_HD float log1p(float x) { return ::log1pf(x); }
   // NaN-propagating: a NaN logit must poison the row, never be clamped away.
   static RK_HD float max(float a, float b) { return (a != a || a > b) ? a : b; }
@@ -114,6 +117,8 @@ struct Ops<double> {
   static RK_HD double exp_shifted(double x) { return ::exp(x); }
   static RK_HD double log(double x) { return ::log(x); }
   static RK_HD double expm1(double x) { return ::expm1(x); }
+  static RK_HD double expm1_given_exp(double x, double /*e*/) { return ::expm1(x); }
+  static RK_HD double reciprocal_one_plus(double x) { return 1.0 / (1.0 + x); }
   static RK_HD double log1p(double x) { return ::log1p(x); }
   static RK_HD double max(double a, double b) { return (a != a || a > b) ? a : b; }
   static RK_HD double clamp_min(double x, double low) { return x < low ? low : x; }
@@ -241,9 +246,13 @@ struct LabelTerms {
     loss = loss + V(w) * one_minus_py;
     pm = pm + V(w) * py;
   }
+  // Divisions by a parameter are multiplications by its reciprocal, formed once in T: a vector
+  // division per class costs the soft class pass more than the rest of its arithmetic.
   RK_ELEM void gce(T w, T q) {  // (1 - p_y^q) / q
-    loss = loss + V(w) * (V(T(0)) - O::expm1(V(q) * lpy)) / V(q);
-    pm = pm + V(w) * O::exp(V(q) * lpy);
+    const V q_lpy = V(q) * lpy;
+    const V pq = O::exp(q_lpy);
+    loss = loss + V(-w / q) * O::expm1_given_exp(q_lpy, pq);
+    pm = pm + V(w) * pq;
   }
   RK_ELEM void agce(T w, T a, T q) {
     // (a+1)^q - (a+p)^q = -(a+1)^q expm1(q l), l = log((a+p)/(a+1)): no cancellation near
@@ -252,9 +261,10 @@ struct LabelTerms {
     // ulp(1) / r of its relative accuracy (5e-3 error in the loss at a = 1e-7, q = 1e-8 and
     // p_y = 1e-6, where the loss tends to log(1/r)).
     const V a_plus_p = V(a) + py;
-    const V ratio = a_plus_p / V(a + T(1));
-    const V l = O::select_gt(V(T(0.5)), ratio, O::log(ratio), O::log1p((V(T(0)) - one_minus_py) / V(a + T(1))));
-    loss = loss + V(w * -S::exp(q * S::log(a + T(1)))) * O::expm1(V(q) * l) / V(q);
+    const V inv_a_plus_1(T(1) / (a + T(1)));
+    const V ratio = a_plus_p * inv_a_plus_1;
+    const V l = O::select_gt(V(T(0.5)), ratio, O::log(ratio), O::log1p((V(T(0)) - one_minus_py) * inv_a_plus_1));
+    loss = loss + V(w * -S::exp(q * S::log(a + T(1))) / q) * O::expm1(V(q) * l);
     pm = pm + V(w) * O::exp(V(q - T(1)) * O::log(a_plus_p)) * py;
   }
   // The loss and gradient read a - 1 (the derived slot formed on the host), never a - 1 of
@@ -263,13 +273,13 @@ struct LabelTerms {
     // (a-p)^q - (a-1)^q = (a-1)^q expm1(q log1p((1-p)/(a-1))), and a - p = (a-1) + (1-p): both
     // parts positive, where a - p itself would cancel for a -> 1 and p -> 1.
     const T am1q = S::exp(q * S::log(a_minus_1));
-    loss = loss + V(w * am1q) * O::expm1(V(q) * O::log1p(one_minus_py / V(a_minus_1))) / V(q);
+    loss = loss + V(w * am1q / q) * O::expm1(V(q) * O::log1p(one_minus_py * V(T(1) / a_minus_1)));
     pm = pm + V(w) * O::exp(V(q - T(1)) * O::log(V(a_minus_1) + one_minus_py)) * py;
   }
   RK_ELEM void ael(T w, T a) {
-    const V e = O::exp((V(T(0)) - py) / V(a));
+    const V e = O::exp(py * V(T(-1) / a));
     loss = loss + V(w) * e;
-    pm = pm + V(w) * e * py / V(a);
+    pm = pm + V(w / a) * e * py;
   }
   RK_ELEM void rce(T w, T A) {  // -A (1 - p_y)
     loss = loss + V(w * -A) * one_minus_py;

@@ -102,7 +102,7 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
   V q = a, omq = one_minus_a, r(T(1)), lr = zero, x = zero;
   if constexpr (kBiased) {
     x = V(s.em1) * a;
-    r = V(T(1)) / (V(T(1)) + x);  // 1 + x >= e^eps > 0
+    r = O::reciprocal_one_plus(x);  // 1 + x >= min(1, e^eps) > 0
     if ((mask & kNeedsLog) != 0) {
       lr = zero - O::log1p(x);
       lq = lq + (V(s.eps) + lr);

@@ -173,6 +173,22 @@ def test_reduced_precision(loss, dtype):
     assert got[1].dtype == dtype and got[0].dtype == torch.float32
 
 
+@pytest.mark.parametrize("loss", ["ce", "mae", "gce", "agce", "rce", "nce_mae"])
+@pytest.mark.parametrize("eps", [0.5, 1.0, 5.0])
+def test_float32_many_classes_small_and_large_biased_probabilities(loss, eps):
+    # K = 301 at logit scale 1: x_k = (e^eps - 1) a_k stays below 1/16 in most vectors at eps <= 1
+    # (the series branches of the AVX2 log1p, 1 / (1 + x) and expm1) and not at eps = 5, where
+    # the full functions run; one peaked row mixes both within a row.
+    z = _logits(6, 301, torch.float32, scale=1.0)
+    z[0, 17] += 9.0
+    t, y = _probabilities(6, 301).float(), _labels(6, 301)
+    up = torch.randn(6, generator=torch.Generator().manual_seed(5))
+    for target, alpha in ((t, 0.0), (y, 0.1)):
+        got = _native(z, target, loss, eps, alpha=alpha, upstream=up)
+        want = _brute(z.double(), target, loss, eps, alpha=alpha, upstream=up)
+        _assert_close(got, want, TOL[torch.float32])
+
+
 def test_ce_at_eps_zero_is_cross_entropy():
     z, t, w = _logits(6, 11), _probabilities(6, 11), _weight(11)
     y = _labels(6, 11)

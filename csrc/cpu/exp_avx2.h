@@ -68,12 +68,26 @@ RK_AVX_INLINE __m256 exp_nonpositive_avx2(__m256 x) {
   return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
 }
 
-// expm1 for 8 floats: the Taylor polynomial x + x^2 (1/2! + x/3! + ... + x^9/11!) for |x| < 1,
-// whose truncation is below |x|^12/12! = 2.1e-9 (3.3e-9 relative at x = -1), and exp(x) - 1
-// beyond, where the subtraction cancels at most a factor e/(e - 1) = 1.6 of exp_avx2's error
-// (about 4.3 ulp at x = 1, less further out). NaN, +-inf and underflow as exp_avx2. Sleef's u10
-// expm1 (1 ulp) cost half of the soft-target class pass of gce, one expm1 per class.
-RK_AVX_INLINE __m256 expm1_avx2(__m256 x) {
+// Which lanes of |x| are below bound (NaN is not): the branch of the functions below that skip a
+// polynomial (or take a short one) for a whole vector. Rows of many classes have almost every
+// probability far below 1/K, so one side of the branch is taken by nearly every vector.
+RK_AVX_INLINE int lanes_below_avx2(__m256 abs_x, float bound) {
+  return _mm256_movemask_ps(_mm256_cmp_ps(abs_x, _mm256_set1_ps(bound), _CMP_LT_OQ));
+}
+RK_AVX_INLINE bool any_below_avx2(__m256 abs_x, float bound) { return lanes_below_avx2(abs_x, bound) != 0; }
+RK_AVX_INLINE bool all_below_avx2(__m256 abs_x, float bound) { return lanes_below_avx2(abs_x, bound) == 0xff; }
+
+// expm1 for 8 floats given e = exp_avx2(x): the Taylor polynomial x + x^2 (1/2! + x/3! + ... +
+// x^9/11!) for |x| < 1, whose truncation is below |x|^12/12! = 2.1e-9 (3.3e-9 relative at x =
+// -1), and e - 1 beyond, where the subtraction cancels at most a factor e/(e - 1) = 1.6 of
+// exp_avx2's error (about 4.3 ulp at x = 1, less further out). A vector with no |x| < 1 skips the
+// polynomial: gce's soft class pass evaluates exp(q log q_k) and its expm1 per class, where
+// q log q_k is far below -1 for all but the likeliest classes. NaN, +-inf and underflow as
+// exp_avx2.
+RK_AVX_INLINE __m256 expm1_given_exp_avx2(__m256 x, __m256 e) {
+  const __m256 large = _mm256_sub_ps(e, _mm256_set1_ps(1.0f));
+  const __m256 abs_x = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+  if (!any_below_avx2(abs_x, 1.0f)) return large;
   static constexpr float kInverseFactorials[] = {
       1.0f / 39916800.0f, 1.0f / 3628800.0f, 1.0f / 362880.0f, 1.0f / 40320.0f, 1.0f / 5040.0f,
       1.0f / 720.0f,      1.0f / 120.0f,     1.0f / 24.0f,     1.0f / 6.0f,
@@ -82,9 +96,25 @@ RK_AVX_INLINE __m256 expm1_avx2(__m256 x) {
   for (int i = 1; i < 9; ++i) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(kInverseFactorials[i]));
   p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(0.5f));
   const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(x, x), p, x);
-  const __m256 large = _mm256_sub_ps(exp_avx2(x), _mm256_set1_ps(1.0f));
-  const __m256 abs_x = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
   return _mm256_blendv_ps(large, small, _mm256_cmp_ps(abs_x, _mm256_set1_ps(1.0f), _CMP_LT_OQ));
+}
+
+// expm1 for 8 floats (expm1_given_exp_avx2). Sleef's u10 expm1 (1 ulp) cost half of the
+// soft-target class pass of gce, one expm1 per class.
+RK_AVX_INLINE __m256 expm1_avx2(__m256 x) { return expm1_given_exp_avx2(x, exp_avx2(x)); }
+
+// 1 / (1 + x) for 8 floats, x > -1 (the soft rows' x_k = (e^eps - 1) a_k, a_k <= 1). Where
+// every |x| < 1/16, the geometric series 1 - x + x^2 - ... + x^6, truncated below |x|^7 = 3.7e-9
+// (0.06 ulp): the division's throughput bounds the soft class pass of mae and ce otherwise.
+RK_AVX_INLINE __m256 reciprocal_one_plus_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  if (!all_below_avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), 1.0f / 16.0f)) {
+    return _mm256_div_ps(one, _mm256_add_ps(one, x));
+  }
+  const __m256 minus_x = _mm256_sub_ps(_mm256_setzero_ps(), x);
+  __m256 p = one;
+  for (int i = 0; i < 6; ++i) p = _mm256_fmadd_ps(p, minus_x, one);
+  return p;
 }
 
 // k ln2 + log(1 + f) + c for |f| <= sqrt(2) - 1 by Cephes' logf polynomial (the one of Sleef-free
@@ -130,6 +160,16 @@ RK_AVX_INLINE __m256 log_avx2(__m256 x) {
 // of a biased soft row (one log1p per class).
 RK_AVX_INLINE __m256 log1p_avx2(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
+  // |x| < 1/16 in every lane (the soft rows' x_k = (e^eps - 1) a_k of all but the likeliest
+  // classes): the series x - x^2/2 + ... - x^6/6, truncated below |x|^7/7, 8.5e-9 of |x|, 0.14
+  // ulp; x^2 times the rest keeps x exact, and -0 stays -0. NaN takes the full path.
+  if (all_below_avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), 1.0f / 16.0f)) {
+    static constexpr float kSeries[] = {-1.0f / 6.0f, 1.0f / 5.0f, -1.0f / 4.0f, 1.0f / 3.0f};
+    __m256 p = _mm256_set1_ps(kSeries[0]);
+    for (int i = 1; i < 4; ++i) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(kSeries[i]));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-0.5f));
+    return _mm256_fmadd_ps(_mm256_mul_ps(x, x), p, x);
+  }
   const __m256 u = _mm256_add_ps(one, x);
   const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_set1_epi32(0x3f3504f3)), 23);
   const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_slli_epi32(k, 23)));

@@ -41,11 +41,24 @@ struct Ops<at::vec::Vectorized<T>> {
 #endif
     return x.expm1();
   }
+  RK_ELEM static V expm1_given_exp(const V& x, const V& e) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(expm1_given_exp_avx2(x, e));
+#endif
+    (void)e;
+    return x.expm1();
+  }
   RK_ELEM static V log1p(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(log1p_avx2(x));
 #endif
     return x.log1p();
+  }
+  RK_ELEM static V reciprocal_one_plus(const V& x) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(reciprocal_one_plus_avx2(x));
+#endif
+    return V(T(1)) / (V(T(1)) + x);
   }
   RK_ELEM static V max(const V& a, const V& b) { return at::vec::maximum(a, b); }  // propagates NaN
   RK_ELEM static V clamp_min(const V& x, const V& low) { return at::vec::clamp_min(x, low); }  // keeps NaN
