@@ -68,6 +68,8 @@ RK_AVX_INLINE __m256 exp_nonpositive_avx2(__m256 x) {
   return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
 }
 
+RK_AVX_INLINE __m256 abs_avx2(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+
 // Which lanes of |x| are below bound (NaN is not): the branch of the functions below that skip a
 // polynomial (or take a short one) for a whole vector. Rows of many classes have almost every
 // probability far below 1/K, so one side of the branch is taken by nearly every vector.
@@ -86,7 +88,7 @@ RK_AVX_INLINE bool all_below_avx2(__m256 abs_x, float bound) { return lanes_belo
 // exp_avx2.
 RK_AVX_INLINE __m256 expm1_given_exp_avx2(__m256 x, __m256 e) {
   const __m256 large = _mm256_sub_ps(e, _mm256_set1_ps(1.0f));
-  const __m256 abs_x = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+  const __m256 abs_x = abs_avx2(x);
   if (!any_below_avx2(abs_x, 1.0f)) return large;
   static constexpr float kInverseFactorials[] = {
       1.0f / 39916800.0f, 1.0f / 3628800.0f, 1.0f / 362880.0f, 1.0f / 40320.0f, 1.0f / 5040.0f,
@@ -108,7 +110,7 @@ RK_AVX_INLINE __m256 expm1_avx2(__m256 x) { return expm1_given_exp_avx2(x, exp_a
 // (0.06 ulp): the division's throughput bounds the soft class pass of mae and ce otherwise.
 RK_AVX_INLINE __m256 reciprocal_one_plus_avx2(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
-  if (!all_below_avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), 1.0f / 16.0f)) {
+  if (!all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) {
     return _mm256_div_ps(one, _mm256_add_ps(one, x));
   }
   const __m256 minus_x = _mm256_sub_ps(_mm256_setzero_ps(), x);
@@ -163,7 +165,7 @@ RK_AVX_INLINE __m256 log1p_avx2(__m256 x) {
   // |x| < 1/16 in every lane (the soft rows' x_k = (e^eps - 1) a_k of all but the likeliest
   // classes): the series x - x^2/2 + ... - x^6/6, truncated below |x|^7/7, 8.5e-9 of |x|, 0.14
   // ulp; x^2 times the rest keeps x exact, and -0 stays -0. NaN takes the full path.
-  if (all_below_avx2(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), 1.0f / 16.0f)) {
+  if (all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) {
     static constexpr float kSeries[] = {-1.0f / 6.0f, 1.0f / 5.0f, -1.0f / 4.0f, 1.0f / 3.0f};
     __m256 p = _mm256_set1_ps(kSeries[0]);
     for (int i = 1; i < 4; ++i) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(kSeries[i]));
