@@ -34,6 +34,8 @@ constexpr unsigned kBiTempTerms = (1u << kBITEMP);
 // those the primitives of log p_y alone (no row sums).
 constexpr unsigned kSoftTargetTerms = (1u << kCE) | (1u << kMAE) | (1u << kGCE) | (1u << kAGCE) | (1u << kAUL) | (1u << kAEL) | (1u << kRCE) | (1u << kFOCAL) | (1u << kNCE) | (1u << kNMAE) | (1u << kNRCE);
 constexpr unsigned kLabelOnlyTerms = (1u << kCE) | (1u << kMAE) | (1u << kGCE) | (1u << kAGCE) | (1u << kAUL) | (1u << kAEL) | (1u << kRCE) | (1u << kFOCAL) | (1u << kNMAE) | (1u << kNRCE);
+// Of those, the terms c (1 - p_y) (specs.Primitive.affine).
+constexpr unsigned kAffineTerms = (1u << kMAE) | (1u << kRCE) | (1u << kNMAE) | (1u << kNRCE);
 
 // Index of each value in the op's params: robustkernels.specs.KERNEL_SLOTS.
 constexpr int kSlot_ce_weight           = 0;

@@ -32,6 +32,7 @@
 //   void find_special(m)               sets j*, the first j with z_j - m == 0
 //   TargetSums<T> target_sums(m)       u_{j*}, sum_{k != j*} u_k, sum_k u_k (z_k - m), bad row
 //   T remember_exp(m)                  e_j = exp(z_j - m) for later passes; sum_{j != j*} e_j
+//   T others_u_e()                     sum_{k != j*} u_k e_k (after remember_exp)
 //   T sum_of(f)                        sum_j f(z_j)
 //   ClassSums<T> class_sums(f)         f(z - m, e, u) -> ClassTerms; the sums over k != j*
 //   void write_soft_grad(d_of, g, v)   grad_j = g(e_j, d_j), d_j = d_of(z_j - m, e_j, u_j) (the
@@ -232,6 +233,31 @@ RK_HD bool single_term_passes(std::integer_sequence<int, kPrimitives...>, Row& r
           ...);
 }
 
+// A row of affine primitives alone (kAffineTerms: l_k = C (1 - a_k)) at eps = 0, where the row
+// needs no class pass: with T1 = sum_k u_k e_k, the loss is C (U - T1 / S), d_k = -C u_k e_k / S
+// (the derivative -C a_k times u_k, as class_terms forms it at r = 1), P = -C T1 / S and Q = 0.
+// C is the primitives' loss at p_y = 0. The loss is summed as u_{j*} C (1 - a_{j*}) plus
+// C sum_{k != j*} u_k (1 - a_k), never C (U - T1 / S): that would cancel as a_{j*} -> 1.
+template <class T, class Row>
+RK_HD T affine_row(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others, const TargetSums<T>& ts,
+                   bool need_grad, T scale) {
+  T c = T(0), unused_pm = T(0);
+  LabelTerms<T, T> at_zero{c, unused_pm, s.K, T(0), T(0), T(1)};
+  for_each_label_term(mask, prm, at_zero);
+  const T ue_others = row.others_u_e();
+  const ClassTerms<T> star{c * ts.u_star * (others * s.inv_s), -c * ts.u_star * s.inv_s, T(0), T(0)};
+  const ClassSums<T> rest{c * (ts.u_others - ue_others * s.inv_s), -c * ue_others * s.inv_s, T(0)};
+  if (need_grad) {
+    const T c_over_s = c * s.inv_s;
+    auto d_of = [c_over_s](auto /*zm*/, auto e, auto u) {
+      using V = decltype(e);
+      return V(T(0)) - V(c_over_s) * u * e;
+    };
+    write_soft_grad(row, d_of, s, others, star, rest, scale);
+  }
+  return star.loss + rest.loss;
+}
+
 // The loss of one row (and its gradient, times `scale`, when need_grad). `mask` holds only
 // primitives of kSoftTargetTerms.
 template <class T, class Row>
@@ -276,6 +302,7 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     }
     return loss;
   }
+  if ((mask & ~kAffineTerms) == 0 && !s.biased) return affine_row(row, mask, prm, s, others, ts, need_grad, scale);
   if constexpr (FoldsSingleTerm<Row>::value) {
     T loss = T(0);
     const SingleTermPrimitives single;

@@ -114,6 +114,8 @@ def header() -> str:
         "// those the primitives of log p_y alone (no row sums).",
         f"constexpr unsigned kSoftTargetTerms = {_mask_expr([p for p in prims if SOFT_TARGET_TERMS >> p.bit & 1])};",
         f"constexpr unsigned kLabelOnlyTerms = {_mask_expr([p for p in prims if label_only(p)])};",
+        "// Of those, the terms c (1 - p_y) (specs.Primitive.affine).",
+        f"constexpr unsigned kAffineTerms = {_mask_expr([p for p in prims if p.affine])};",
         "",
         "// Index of each value in the op's params: robustkernels.specs.KERNEL_SLOTS.",
         *(f"constexpr int {slot_constant(s).ljust(width)} = {i};" for i, s in enumerate(KERNEL_SLOTS)),

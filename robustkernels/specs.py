@@ -114,6 +114,9 @@ class Primitive:
         soft_targets: whether the expected loss over a target distribution (probability targets,
             label smoothing) has a one-pass closed form every backend implements
             (``docs/drop-in.md``): the label-only terms and nce.
+        affine: whether the term is ``c (1 - p_y)``, ``c`` a constant of ``K`` and its
+            parameters; its expected loss over a target at ``eps = 0`` is then
+            ``c (sum_k u_k - sum_k u_k p_k)``, which the kernels form without a pass per class.
     """
 
     name: str
@@ -123,6 +126,7 @@ class Primitive:
     normalizes: str = ""
     bounded: bool = True
     soft_targets: bool = True
+    affine: bool = False
 
 
 def _q(default: float, high: float = 1.0) -> Param:
@@ -174,20 +178,20 @@ def _bitemp_params() -> tuple[Param, ...]:
 
 _PRIMITIVES = (
     Primitive("ce", 0, "-log p_y", bounded=False),
-    Primitive("mae", 1, "1 - p_y"),
+    Primitive("mae", 1, "1 - p_y", affine=True),
     Primitive("gce", 2, "(1 - p_y^q) / q", (_q(0.7),)),
     Primitive("agce", 3, "((a + 1)^q - (a + p_y)^q) / q", _agce_params()),
     Primitive("aul", 4, "((a - p_y)^q - (a - 1)^q) / q", _aul_params()),
     Primitive("ael", 5, "exp(-p_y / a)", (_ael_a(),)),
-    Primitive("rce", 6, "-A (1 - p_y)", (_rce_a(),)),
+    Primitive("rce", 6, "-A (1 - p_y)", (_rce_a(),), affine=True),
     Primitive("focal", 7, "-(1 - p_y)^gamma log p_y", (_gamma(),), bounded=False),
     Primitive("nce", 8, "log p_y / sum_k log p_k", normalizes="ce"),
     Primitive("nfl", 9, "focal_y / sum_k focal_k", (_gamma(),), normalizes="focal", soft_targets=False),
     Primitive("ngce", 10, "(1 - p_y^q) / (K - sum_k p_k^q)", (_q(0.7),), normalizes="gce", soft_targets=False),
     # mae and rce are symmetric (sum_k (1 - p_k) = K - 1), so their normalised forms are constant
     # rescalings. nrce is the published code's: its 1 / 4 * (K - 1) multiplies by (K - 1) / 4.
-    Primitive("nmae", 11, "(1 - p_y) / (K - 1)"),
-    Primitive("nrce", 12, "(K - 1) / 4 * -A (1 - p_y)", (_rce_a(),)),
+    Primitive("nmae", 11, "(1 - p_y) / (K - 1)", affine=True),
+    Primitive("nrce", 12, "(K - 1) / 4 * -A (1 - p_y)", (_rce_a(),), affine=True),
     Primitive("bitemp", 13, "bi-tempered logistic loss", _bitemp_params(), bounded=False, soft_targets=False),
 )
 

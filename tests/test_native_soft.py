@@ -189,6 +189,37 @@ def test_float32_many_classes_small_and_large_biased_probabilities(loss, eps):
         _assert_close(got, want, TOL[torch.float32])
 
 
+AFFINE_LOSSES = [
+    name
+    for name, spec in rk.LOSSES.items()
+    if spec.soft_targets and all(PRIMITIVES[t.primitive].affine for t in spec.terms)
+]
+
+
+@pytest.mark.parametrize("loss", AFFINE_LOSSES)
+def test_affine_losses_at_eps_zero_many_classes(loss):
+    # At eps = 0 a loss of affine terms alone takes the kernels' closed form (no class pass):
+    # float32, K = 301 (a vector tail), class weights, a peaked row (a_{j*} -> 1, where the
+    # loss must not cancel), a -inf logit with and without target mass, random upstream.
+    assert AFFINE_LOSSES, "no loss of affine terms alone"
+    z = _logits(6, 301, torch.float32, scale=1.0)
+    z[0, 17] += 30.0
+    z[1, 5] = -float("inf")
+    t, y, w = _probabilities(6, 301).float(), _labels(6, 301), _weight(301, torch.float32)
+    t[0] = 0.0
+    t[0, 17] = 1.0
+    up = torch.randn(6, generator=torch.Generator().manual_seed(5))
+    for target, alpha, weight in ((t, 0.0, None), (t, 0.2, w), (y, 0.1, None), (y, 0.1, w)):
+        got = _native(z, target, loss, 0.0, weight=weight, alpha=alpha, upstream=up)
+        want = _brute(z.double(), target, loss, 0.0, weight=weight, alpha=alpha, upstream=up)
+        _assert_close(got, want, TOL[torch.float32])
+        assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
+    # The peaked one-hot row: loss ~ C (1 - a_17) ~ C K e^-30, kept to float32's relative precision.
+    got = _native(z, t, loss, 0.0)[0][0].double()
+    want = _brute(z.double(), t, loss, 0.0)[0][0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+
+
 def test_ce_at_eps_zero_is_cross_entropy():
     z, t, w = _logits(6, 11), _probabilities(6, 11), _weight(11)
     y = _labels(6, 11)

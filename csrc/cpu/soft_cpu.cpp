@@ -1,10 +1,11 @@
-// Soft-target rows on the CPU: at::parallel_for over rows; each row's logits are copied once into
-// a per-thread buffer in the compute type, its class coefficients u formed into a second (a
-// probability target's by the exp pass, which reads it), and the passes of soft_math.h's soft_row
-// run over those buffers with ATen's SIMD vectors, keeping exp(z_j - m) and d_j for the gradient
-// pass (one read of the logits and target, one write). A row of 4 K values stays in L1 for K up
-// to about 2000, so each pass after the copy costs its arithmetic only: the exp pass also finds
-// j* and the target's sums, and the class pass is inlined whole (SoftClassTerms), its
+// Soft-target rows on the CPU: at::parallel_for over rows; the passes of soft_math.h's soft_row
+// run over each row with ATen's SIMD vectors, keeping exp(z_j - m) and d_j in per-thread buffers
+// for the gradient pass (one read of the logits and target, one write). Logits of the compute
+// type are read in place, others converted once into a buffer; the class coefficients u are the
+// target row itself where it is contiguous and unweighted, else formed into a buffer (a
+// probability target's by the exp pass, which reads it). A row of 4 K values stays in L1 for K
+// up to about 2000, so each pass after the first costs its arithmetic only: the exp pass also
+// finds j* and the target's sums, and the class pass is inlined whole (SoftClassTerms), its
 // transcendentals those of the primitives present.
 #include "cpu/soft_cpu.h"
 
@@ -59,6 +60,7 @@ struct StoredCoefficients {
   Vec load(int64_t j) { return Vec::loadu(u + j); }
   T load_one(int64_t j) { return u[j]; }
   bool bad() const { return bad_row; }
+  const T* values() const { return u; }
 };
 
 // u_k = w_k ((1 - alpha) t_k + alpha / K) of one class (w null: no class weights).
@@ -94,6 +96,11 @@ struct ProbabilityCoefficients {
   const T* w;
   T keep, spread;
   Vec low = Vec(T(0));  // the minimum of 0 and the entries read, NaN once one is NaN
+  // u = t (a contiguous target, no weights, alpha = 0): the later passes read the target row
+  // itself, which the exp pass brought into the cache, and u is never written.
+  bool in_place = stride == 1 && w == nullptr && keep == T(1) && spread == T(0);
+
+  const T* values() const { return in_place ? t : u; }
 
   Vec load_target(int64_t j) const {
     if (stride == 1) return Vec::loadu(t + j);
@@ -105,6 +112,7 @@ struct ProbabilityCoefficients {
   Vec load(int64_t j) {
     const Vec tv = load_target(j);
     low = at::vec::minimum(low, tv);  // propagates NaN
+    if (in_place) return tv;
     Vec uv = tv * Vec(keep) + Vec(spread);
     if (w) uv = uv * Vec::loadu(w + j);
     uv.store(u + j);
@@ -114,6 +122,7 @@ struct ProbabilityCoefficients {
   T load_one(int64_t j) {
     const T tj = t[j * stride];
     if (!(tj >= T(0))) low = Vec(-T(1));
+    if (in_place) return tj;
     u[j] = probability_coefficient(tj, w, j, keep, spread);
     return u[j];
   }
@@ -149,15 +158,16 @@ struct SoftCpuRow {
   bool have_d = false;
 
   TargetSums<T> target = {};
-  T others_e = T(0);  // sum_{j != j*} e_j
+  T others_e = T(0);   // sum_{j != j*} e_j
+  T others_ue = T(0);  // sum_{j != j*} u_j e_j
 
   bool in_block(int64_t j) const { return special >= j && special < j + kLanes; }
 
-  // find_special, target_sums and remember_exp in one pass over z and the coefficients (the
+  // find_special, target_sums, remember_exp and others_u_e in one pass over z and the coefficients (the
   // calls below answer from it): u_j and e_j stored, j* found in the first block that holds
   // z_j - m = 0, and the lane j* zeroed in that block's share of the sums over k != j*.
   void find_special(T m) {
-    Vec acc_u(T(0)), acc_uz(T(0)), acc_e(T(0));
+    Vec acc_u(T(0)), acc_uz(T(0)), acc_e(T(0)), acc_ue(T(0));
     bool found = false;
     int64_t j = 0;
     for (; j + kLanes <= K; j += kLanes) {
@@ -177,8 +187,9 @@ struct SoftCpuRow {
       }
       acc_u = acc_u + uv;
       acc_e = acc_e + ev;
+      acc_ue = at::vec::fmadd(uv, ev, acc_ue);
     }
-    T total_u = lane_sum(acc_u), total_uz = lane_sum(acc_uz), total_e = lane_sum(acc_e);
+    T total_u = lane_sum(acc_u), total_uz = lane_sum(acc_uz), total_e = lane_sum(acc_e), total_ue = lane_sum(acc_ue);
     for (; j < K; ++j) {
       const T zm = z[j] - m;
       const T uj = coefficients.load_one(j);
@@ -191,14 +202,18 @@ struct SoftCpuRow {
       }
       total_u += uj;
       total_e += e[j];
+      total_ue += uj * e[j];
     }
     target = {u[special], total_u, total_uz, coefficients.bad()};
     others_e = total_e;
+    others_ue = total_ue;
   }
 
   TargetSums<T> target_sums(T /*m*/) const { return target; }
 
   T remember_exp(T /*m*/) const { return others_e; }
+
+  T others_u_e() const { return others_ue; }
 
   template <class F>
   T sum_of(const F& f) const {
@@ -265,9 +280,10 @@ struct SoftCpuRow {
   }
 };
 
-// z_j in the compute type into `out`; returns max_j z_j (NaN if the row holds a NaN).
+// max_j z_j (NaN if the row holds a NaN), with z_j in the compute type copied into `out` where
+// the logits are of another dtype (out null: they are not).
 template <class T, class scalar_t>
-T copy_row(const scalar_t* src, int64_t K, T* out) {
+T row_max(const scalar_t* src, int64_t K, T* out) {
   using Vec = Vectorized<T>;
   constexpr int64_t kLanes = Vec::size();
   Vec acc(-std::numeric_limits<T>::infinity());
@@ -280,8 +296,8 @@ T copy_row(const scalar_t* src, int64_t K, T* out) {
       T lanes[kLanes];
       for (int64_t i = 0; i < kLanes; ++i) lanes[i] = static_cast<T>(src[j + i]);
       v = Vec::loadu(lanes);
+      v.store(out + j);
     }
-    v.store(out + j);
     acc = at::vec::maximum(acc, v);
   }
   T lanes[kLanes];
@@ -289,8 +305,9 @@ T copy_row(const scalar_t* src, int64_t K, T* out) {
   T best = lanes[0];
   for (int64_t i = 1; i < kLanes; ++i) best = Ops<T>::max(best, lanes[i]);
   for (; j < K; ++j) {
-    out[j] = static_cast<T>(src[j]);
-    best = Ops<T>::max(best, out[j]);
+    const T v = static_cast<T>(src[j]);
+    if constexpr (!std::is_same_v<scalar_t, T>) out[j] = v;
+    best = Ops<T>::max(best, v);
   }
   return best;
 }
@@ -342,8 +359,14 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at:
         if (grad_row) std::fill(grad_row, grad_row + K, static_cast<scalar_t>(value));
         continue;
       }
-      const T row_max = copy_row<T>(zs + i * row_stride, K, z);
-      SoftCpuRow<T, scalar_t, decltype(coefficients)> row{z, z + K, u, z + 3 * K, K, grad_row, row_max, coefficients};
+      // Logits of the compute type are read in place (the row stays in L1/L2 between passes);
+      // others once converted into the buffer z.
+      const scalar_t* src = zs + i * row_stride;
+      const T max_z = row_max<T>(src, K, z);
+      const T* z_row = z;
+      if constexpr (std::is_same_v<scalar_t, T>) z_row = src;
+      SoftCpuRow<T, scalar_t, decltype(coefficients)> row{z_row,    z + K, coefficients.values(), z + 3 * K, K,
+                                                          grad_row, max_z, coefficients};
       out[i] = soft_row<T>(row, call.mask, prm, eps ? eps[i] : static_cast<T>(call.epsilon), grad_row != nullptr,
                            scale);
     }

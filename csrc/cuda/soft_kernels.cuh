@@ -154,6 +154,13 @@ struct SoftGpuRow {
     }
     return reduce_sum(s);
   }
+  __device__ T others_u_e() const {
+    T s = T(0);
+    for (int64_t j = tid; j < K; j += kThreads) {
+      if (j != special) s += u_at(j) * Ops<T>::exp_shifted(z_at(j) - max_value);
+    }
+    return reduce_sum(s);
+  }
   template <class F>
   __device__ T sum_of(const F& f) const {
     T s = T(0);
