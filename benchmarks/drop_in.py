@@ -12,7 +12,8 @@ Label smoothing: the fused integer-label path with ``label_smoothing=0.1`` again
 without it (the cost of smoothing), next to ``F.cross_entropy(label_smoothing=0.1)``.
 
 Variants of one case are timed round-robin within each repeat (a noisy shared machine slows
-them alike), with an ``x.clone()`` of the logits among them: the same-run copy bandwidth. Each
+them alike), with an ``x.clone()`` of the logits among them, the same-run copy bandwidth, and a
+``torch.exp`` of the logits, the same-run cost of the one exp per logit every loss needs. Each
 fused time is also given as GB/s under the minimal-bytes model -- read the logits and write the
 gradient, plus read the target for probability targets (``N K 4`` bytes each), plus the labels
 and the per-row losses -- and as a share of that copy bandwidth: how close the kernel is to what
@@ -91,15 +92,21 @@ def _bandwidth(fused_s: float, copy_s: float, n: int, k: int, probabilities: boo
 
 
 def _with_copy(variants: dict, logits: torch.Tensor) -> dict:
+    """``variants`` with two references: ``x.clone()`` (the memory's bandwidth) and ``torch.exp(x)``
+    (one exp per logit, the least arithmetic any of these losses needs)."""
     source = logits.detach().clone()
-    return {**variants, "copy": lambda x, y: _Clone(source)}
+    return {
+        **variants,
+        "copy": lambda x, y: _Reference(source.clone()),
+        "exp": lambda x, y: _Reference(torch.exp(source)),
+    }
 
 
-class _Clone:
-    """A stand-in loss whose backward is nothing: timing it times ``source.clone()`` alone."""
+class _Reference:
+    """A stand-in loss whose backward is nothing: timing it times the expression that built it."""
 
-    def __init__(self, source: torch.Tensor) -> None:
-        self.copy = source.clone()
+    def __init__(self, result: torch.Tensor) -> None:
+        self.result = result
 
     def backward(self) -> None:
         pass
@@ -206,11 +213,13 @@ def _markdown(prob: list[dict], smooth: list[dict], meta: dict) -> str:
             f"| {bw['fused_gbps']:.1f} | {100 * bw['share_of_copy']:.0f} % |"
         )
     copy = statistics.median(r["bandwidth"]["copy_gbps"] for r in prob + smooth)
+    exp_ms = statistics.median(r["ms"]["exp"] for r in prob + smooth)
     lines += [
         "",
         "Minimal bytes: read the logits and write the gradient (the model of benchmarks/_measure.py), "
         "plus one read of the target for probability targets. Same-run copy (`x.clone()` of the "
-        f"logits): median {copy:.1f} GB/s.",
+        f"logits): median {copy:.1f} GB/s. Same-run `torch.exp` of the logits (one exp per logit, "
+        f"the least arithmetic of any of these losses): median {exp_ms:.1f} ms.",
     ]
     return "\n".join(lines) + "\n"
 
