@@ -161,8 +161,6 @@ struct SoftCpuRow {
   T others_e = T(0);   // sum_{j != j*} e_j
   T others_ue = T(0);  // sum_{j != j*} u_j e_j
 
-  bool in_block(int64_t j) const { return special >= j && special < j + kLanes; }
-
   // find_special, target_sums, remember_exp and others_u_e in one pass over z and the coefficients (the
   // calls below answer from it): u_j and e_j stored, j* found in the first block that holds
   // z_j - m = 0, and the lane j* zeroed in that block's share of the sums over k != j*.
@@ -225,29 +223,36 @@ struct SoftCpuRow {
     return total;
   }
 
+  // The class and gradient passes work on local copies of the Row's fields and of the functors
+  // they are given: the SIMD stores may alias anything, so members, and what the functors point
+  // to, would be reloaded after every store.
   template <class F>
-  ClassSums<T> class_sums(const F& f) {
+  ClassSums<T> class_sums(const F& terms) {
+    const F f = terms;
     const T m = max_value;
+    const T *zr = z, *er = e, *ur = u;
+    T* dr = d;
+    const int64_t n = K, star = special;
     Vec acc_loss(T(0)), acc_p(T(0)), acc_b(T(0));
     int64_t j = 0;
-    for (; j + kLanes <= K; j += kLanes) {
-      ClassTerms<Vec> c = f(Vec::loadu(z + j) - Vec(m), Vec::loadu(e + j), Vec::loadu(u + j));
-      c.d.store(d + j);
+    for (; j + kLanes <= n; j += kLanes) {
+      ClassTerms<Vec> c = f(Vec::loadu(zr + j) - Vec(m), Vec::loadu(er + j), Vec::loadu(ur + j));
+      c.d.store(dr + j);
       Vec p = c.d + c.p_minus_d;
-      if (in_block(j)) {
-        c.loss = zero_lane(c.loss, special - j);
-        p = zero_lane(p, special - j);
-        c.b = zero_lane(c.b, special - j);
+      if (star >= j && star < j + kLanes) {
+        c.loss = zero_lane(c.loss, star - j);
+        p = zero_lane(p, star - j);
+        c.b = zero_lane(c.b, star - j);
       }
       acc_loss = acc_loss + c.loss;
       acc_p = acc_p + p;
       acc_b = acc_b + c.b;
     }
     ClassSums<T> out{lane_sum(acc_loss), lane_sum(acc_p), lane_sum(acc_b)};
-    for (; j < K; ++j) {
-      const ClassTerms<T> c = f(z[j] - m, e[j], u[j]);
-      d[j] = c.d;
-      if (j == special) continue;
+    for (; j < n; ++j) {
+      const ClassTerms<T> c = f(zr[j] - m, er[j], ur[j]);
+      dr[j] = c.d;
+      if (j == star) continue;
       out.loss += c.loss;
       out.p += c.d + c.p_minus_d;
       out.b += c.b;
@@ -256,27 +261,34 @@ struct SoftCpuRow {
     return out;
   }
 
-  void store_grad(const Vec& g, int64_t j) const { store_as(g, grad + j); }
-
   template <class DOf, class G>
-  void write_soft_grad(const DOf& d_of, const G& g, T special_value) const {
+  void write_soft_grad(const DOf& d_of_given, const G& g_given, T special_value) const {
+    const DOf d_of = d_of_given;
+    const G g = g_given;
     const T m = max_value;
+    const T *zr = z, *er = e, *ur = u, *dr = d;
+    scalar_t* out = grad;
+    const int64_t n = K;
+    const bool stored_d = have_d;
     int64_t j = 0;
-    for (; j + kLanes <= K; j += kLanes) {
-      const Vec ev = Vec::loadu(e + j);
-      const Vec dv = have_d ? Vec::loadu(d + j) : d_of(Vec::loadu(z + j) - Vec(m), ev, Vec::loadu(u + j));
-      store_grad(g(ev, dv), j);
+    for (; j + kLanes <= n; j += kLanes) {
+      const Vec ev = Vec::loadu(er + j);
+      const Vec dv = stored_d ? Vec::loadu(dr + j) : d_of(Vec::loadu(zr + j) - Vec(m), ev, Vec::loadu(ur + j));
+      store_as(g(ev, dv), out + j);
     }
-    for (; j < K; ++j) grad[j] = static_cast<scalar_t>(g(e[j], have_d ? d[j] : d_of(z[j] - m, e[j], u[j])));
-    grad[special] = static_cast<scalar_t>(special_value);
+    for (; j < n; ++j) out[j] = static_cast<scalar_t>(g(er[j], stored_d ? dr[j] : d_of(zr[j] - m, er[j], ur[j])));
+    out[special] = static_cast<scalar_t>(special_value);
   }
 
   template <class F>
   void write_grad(const F& f, T special_value) const {
+    const T* zr = z;
+    scalar_t* out = grad;
+    const int64_t n = K;
     int64_t j = 0;
-    for (; j + kLanes <= K; j += kLanes) store_grad(f(Vec::loadu(z + j)), j);
-    for (; j < K; ++j) grad[j] = static_cast<scalar_t>(f(z[j]));
-    grad[special] = static_cast<scalar_t>(special_value);
+    for (; j + kLanes <= n; j += kLanes) store_as(f(Vec::loadu(zr + j)), out + j);
+    for (; j < n; ++j) out[j] = static_cast<scalar_t>(f(zr[j]));
+    out[special] = static_cast<scalar_t>(special_value);
   }
 };
 
