@@ -156,10 +156,10 @@ struct SoftClassTerms {
   }
 };
 
-// d_k of SoftClassTerms alone, for a Row that recomputes it in the gradient pass.
-template <class T, bool kNce, bool kBiased, unsigned kMask>
+// d_k of a class-terms functor alone, for a Row that recomputes it in the gradient pass.
+template <class Terms>
 struct SoftClassD {
-  SoftClassTerms<T, kNce, kBiased, kMask> terms;
+  Terms terms;
 
   template <class V>
   RK_ELEM V operator()(V zm, V e, V u) const {
@@ -208,7 +208,7 @@ RK_HD T soft_class_passes(Row& row, unsigned mask, const T* prm, const SoftScala
   const ClassSums<T> rest = row.class_sums(terms);
   const ClassTerms<T> star =
       class_terms<kNce, kBiased, kMask, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
-  if (need_grad) write_soft_grad(row, SoftClassD<T, kNce, kBiased, kMask>{terms}, s, others, star, rest, scale);
+  if (need_grad) write_soft_grad(row, SoftClassD<decltype(terms)>{terms}, s, others, star, rest, scale);
   return rest.loss + star.loss;
 }
 
@@ -236,17 +236,23 @@ RK_HD bool single_term_passes(std::integer_sequence<int, kPrimitives...>, Row& r
           ...);
 }
 
-// A row of affine primitives alone (kAffineTerms: l_k = C (1 - a_k)) at eps = 0, where the row
-// needs no class pass: with T1 = sum_k u_k e_k, the loss is C (U - T1 / S), d_k = -C u_k e_k / S
-// (the derivative -C a_k times u_k, as class_terms forms it at r = 1), P = -C T1 / S and Q = 0.
-// C is the primitives' loss at p_y = 0. The loss is summed as u_{j*} C (1 - a_{j*}) plus
-// C sum_{k != j*} u_k (1 - a_k), never C (U - T1 / S): that would cancel as a_{j*} -> 1.
-template <class T, class Row>
-RK_HD T affine_row(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others, const TargetSums<T>& ts,
-                   bool need_grad, T scale) {
+// C of a mask of affine primitives alone (kAffineTerms: l(p) = C (1 - p)): their loss at p = 0.
+template <class T>
+RK_HD T affine_coefficient(unsigned mask, const T* prm, int64_t K) {
   T c = T(0), unused_pm = T(0);
-  LabelTerms<T, T> at_zero{c, unused_pm, s.K, T(0), T(0), T(1)};
+  LabelTerms<T, T> at_zero{c, unused_pm, K, T(0), T(0), T(1)};
   for_each_label_term(mask, prm, at_zero);
+  return c;
+}
+
+// A row of affine primitives alone at eps = 0, where the row needs no class pass: with
+// T1 = sum_k u_k e_k, the loss is C (U - T1 / S), d_k = -C u_k e_k / S (the derivative -C a_k
+// times u_k, as class_terms forms it at r = 1), P = -C T1 / S and Q = 0. The loss is summed as
+// u_{j*} C (1 - a_{j*}) plus C sum_{k != j*} u_k (1 - a_k), never C (U - T1 / S): that would
+// cancel as a_{j*} -> 1.
+template <class T, class Row>
+RK_HD T affine_row(Row& row, T c, const SoftScalars<T>& s, T others, const TargetSums<T>& ts, bool need_grad,
+                   T scale) {
   const T ue_others = row.others_u_e();
   const ClassTerms<T> star{c * ts.u_star * (others * s.inv_s), -c * ts.u_star * s.inv_s, T(0), T(0)};
   const ClassSums<T> rest{c * (ts.u_others - ue_others * s.inv_s), -c * ue_others * s.inv_s, T(0)};
@@ -259,6 +265,40 @@ RK_HD T affine_row(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& 
     write_soft_grad(row, d_of, s, others, star, rest, scale);
   }
   return star.loss + rest.loss;
+}
+
+// The class terms of affine primitives alone at eps != 0: l_k = C (1 - q_k) = C (1 - a_k) r_k,
+// and with l'(log q) = -C q_k, d_k = -C u_k q_k r_k = -C e^eps u_k a_k r_k^2 -- the terms
+// class_terms forms for them, without the selects of an unbounded term (every factor is
+// finite, so u_k = 0 gives 0) and without the terms of other primitives.
+template <class T>
+struct AffineClassTerms {
+  T c, c_exp_eps;  // C and C e^eps
+  SoftScalars<T> s;
+
+  template <class V>
+  RK_ELEM ClassTerms<V> with_one_minus_a(V e, V one_minus_a, V u) const {
+    const V a = e * V(s.inv_s);
+    const V r = Ops<V>::reciprocal_one_plus(V(s.em1) * a);  // 1 + x >= min(1, e^eps) > 0
+    const V ur = u * r;
+    const V zero(T(0));
+    return {V(c) * (one_minus_a * ur), zero - V(c_exp_eps) * (a * r) * ur, zero, zero};
+  }
+
+  template <class V>
+  RK_ELEM ClassTerms<V> operator()(V /*zm*/, V e, V u) const {
+    return with_one_minus_a(e, V(T(1)) - e * V(s.inv_s), u);
+  }
+};
+
+template <class T, class Row>
+RK_HD T affine_biased_passes(Row& row, T c, const SoftScalars<T>& s, T others, const TargetSums<T>& ts,
+                             bool need_grad, T scale) {
+  const AffineClassTerms<T> terms{c, c * s.exp_eps, s};
+  const ClassSums<T> rest = row.class_sums(terms);
+  const ClassTerms<T> star = terms.with_one_minus_a(T(1), others * s.inv_s, ts.u_star);
+  if (need_grad) write_soft_grad(row, SoftClassD<AffineClassTerms<T>>{terms}, s, others, star, rest, scale);
+  return rest.loss + star.loss;
 }
 
 // The loss of one row (and its gradient, times `scale`, when need_grad). `mask` holds only
@@ -305,7 +345,11 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     }
     return loss;
   }
-  if ((mask & ~kAffineTerms) == 0 && !s.biased) return affine_row(row, mask, prm, s, others, ts, need_grad, scale);
+  if ((mask & ~kAffineTerms) == 0) {
+    const T c = affine_coefficient(mask, prm, s.K);
+    return s.biased ? affine_biased_passes(row, c, s, others, ts, need_grad, scale)
+                    : affine_row(row, c, s, others, ts, need_grad, scale);
+  }
   if constexpr (FoldsSingleTerm<Row>::value) {
     T loss = T(0);
     const SingleTermPrimitives single;

@@ -196,11 +196,12 @@ AFFINE_LOSSES = [
 ]
 
 
+@pytest.mark.parametrize("eps", [0.0, 1.0, -0.5])
 @pytest.mark.parametrize("loss", AFFINE_LOSSES)
-def test_affine_losses_at_eps_zero_many_classes(loss):
-    # At eps = 0 a loss of affine terms alone takes the kernels' closed form (no class pass):
-    # float32, K = 301 (a vector tail), class weights, a peaked row (a_{j*} -> 1, where the
-    # loss must not cancel), a -inf logit with and without target mass, random upstream.
+def test_affine_losses_many_classes(loss, eps):
+    # A loss of affine terms alone takes the kernels' own passes (at eps = 0 a closed form with
+    # no class pass): float32, K = 301 (a vector tail), class weights, a peaked row (a_{j*} -> 1,
+    # where the loss must not cancel), a -inf logit with and without target mass, random upstream.
     assert AFFINE_LOSSES, "no loss of affine terms alone"
     z = _logits(6, 301, torch.float32, scale=1.0)
     z[0, 17] += 30.0
@@ -210,13 +211,13 @@ def test_affine_losses_at_eps_zero_many_classes(loss):
     t[0, 17] = 1.0
     up = torch.randn(6, generator=torch.Generator().manual_seed(5))
     for target, alpha, weight in ((t, 0.0, None), (t, 0.2, w), (y, 0.1, None), (y, 0.1, w)):
-        got = _native(z, target, loss, 0.0, weight=weight, alpha=alpha, upstream=up)
-        want = _brute(z.double(), target, loss, 0.0, weight=weight, alpha=alpha, upstream=up)
+        got = _native(z, target, loss, eps, weight=weight, alpha=alpha, upstream=up)
+        want = _brute(z.double(), target, loss, eps, weight=weight, alpha=alpha, upstream=up)
         _assert_close(got, want, TOL[torch.float32])
         assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
-    # The peaked one-hot row: loss ~ C (1 - a_17) ~ C K e^-30, kept to float32's relative precision.
-    got = _native(z, t, loss, 0.0)[0][0].double()
-    want = _brute(z.double(), t, loss, 0.0)[0][0]
+    # The peaked one-hot row: loss ~ C (1 - q_17) ~ C K e^-30, kept to float32's relative precision.
+    got = _native(z, t, loss, eps)[0][0].double()
+    want = _brute(z.double(), t, loss, eps)[0][0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
 
 
