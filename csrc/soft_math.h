@@ -29,8 +29,9 @@
 // A Row of the soft kernels provides (f / d_of / g generic lambdas, called with T or with
 // vectors of T as in loss_math.h):
 //   T max_value                        max_j z_j (NaN if the row holds one)
-//   void find_special(m)               sets j*, the first j with z_j - m == 0
-//   TargetSums<T> target_sums(m)       u_{j*}, sum_{k != j*} u_k, sum_k u_k (z_k - m), bad row
+//   void find_special(m, need_u_zm)    sets j*, the first j with z_j - m == 0
+//   TargetSums<T> target_sums(m)       u_{j*}, sum_{k != j*} u_k, sum_k u_k (z_k - m) (where
+//                                      find_special was told it is needed), bad row
 //   T remember_exp(m)                  e_j = exp(z_j - m) for later passes; sum_{j != j*} e_j
 //   T others_u_e()                     sum_{k != j*} u_k e_k (after remember_exp)
 //   T sum_of(f)                        sum_j f(z_j)
@@ -308,7 +309,8 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
   using O = Ops<T>;
   const T m = row.max_value;
   if (!(m > -infinity<T>() && m < infinity<T>())) return soft_nan_row<T>(row, need_grad);  // as nan_row
-  row.find_special(m);
+  const bool ce_unbiased = mask == (1u << kCE) && eps == T(0);
+  row.find_special(m, ce_unbiased);
   const TargetSums<T> ts = row.target_sums(m);
   if (ts.bad) return soft_nan_row<T>(row, need_grad);
   const T others = row.remember_exp(m);
@@ -329,7 +331,7 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     });
     s.nce = s.nce_d0 < infinity<T>();
   }
-  if (mask == (1u << kCE) && !s.biased) {
+  if (ce_unbiased) {
     // ce at eps = 0: l_k = log S - (z_k - m) and c_k = -w u_k, so the row needs no pass of its
     // own: loss = w (U log S - sum_k u_k (z_k - m)), both parts >= 0, and d_k = -w u_k.
     const T w = prm[kSlot_ce_weight];

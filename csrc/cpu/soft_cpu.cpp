@@ -164,7 +164,18 @@ struct SoftCpuRow {
   // find_special, target_sums, remember_exp and others_u_e in one pass over z and the coefficients (the
   // calls below answer from it): u_j and e_j stored, j* found in the first block that holds
   // z_j - m = 0, and the lane j* zeroed in that block's share of the sums over k != j*.
-  void find_special(T m) {
+  void find_special(T m, bool need_u_zm) {
+    if (need_u_zm) {
+      exp_pass<true>(m);
+    } else {
+      exp_pass<false>(m);
+    }
+  }
+
+  // kSumUZ: whether to form sum_k u_k (z_k - m), which only ce at eps = 0 reads (its select and
+  // product are a sixth of the pass's arithmetic).
+  template <bool kSumUZ>
+  void exp_pass(T m) {
     Vec acc_u(T(0)), acc_uz(T(0)), acc_e(T(0)), acc_ue(T(0));
     bool found = false;
     int64_t j = 0;
@@ -173,7 +184,7 @@ struct SoftCpuRow {
       Vec uv = coefficients.load(j);
       Vec ev = Ops<Vec>::exp_shifted(zm);
       ev.store(e + j);
-      acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * zm);
+      if constexpr (kSumUZ) acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * zm);
       if (!found) {
         const int zeros = zm.zero_mask();
         if (zeros != 0) {
@@ -192,7 +203,7 @@ struct SoftCpuRow {
       const T zm = z[j] - m;
       const T uj = coefficients.load_one(j);
       e[j] = Ops<T>::exp_shifted(zm);
-      total_uz += Ops<T>::select_nonzero(uj, uj * zm);
+      if constexpr (kSumUZ) total_uz += Ops<T>::select_nonzero(uj, uj * zm);
       if (!found && zm == T(0)) {
         found = true;
         special = j;

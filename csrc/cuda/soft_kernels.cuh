@@ -125,7 +125,7 @@ struct SoftGpuRow {
     }
   }
 
-  __device__ void find_special(T m) {
+  __device__ void find_special(T m, bool /*need_u_zm: target_sums forms it in any case*/) {
     int64_t first = K;
     for (int64_t j = tid; j < K; j += kThreads) {
       if (z_at(j) - m == T(0) && j < first) first = j;
