@@ -29,11 +29,12 @@
 // A Row of the soft kernels provides (f / d_of / g generic lambdas, called with T or with
 // vectors of T as in loss_math.h):
 //   T max_value                        max_j z_j (NaN if the row holds one)
-//   void find_special(m, need_u_zm)    sets j*, the first j with z_j - m == 0
-//   TargetSums<T> target_sums(m)       u_{j*}, sum_{k != j*} u_k, sum_k u_k (z_k - m) (where
-//                                      find_special was told it is needed), bad row
+//   void find_special(m, sums)         sets j*, the first j with z_j - m == 0; `sums` (ExpPassSums)
+//                                      the optional sums below that the row will read
+//   TargetSums<T> target_sums(m)       u_{j*}, sum_{k != j*} u_k, sum_k u_k (z_k - m) (if asked
+//                                      for: kSumUZ), bad row
 //   T remember_exp(m)                  e_j = exp(z_j - m) for later passes; sum_{j != j*} e_j
-//   T others_u_e()                     sum_{k != j*} u_k e_k (after remember_exp)
+//   T others_u_e()                     sum_{k != j*} u_k e_k (if asked for: kSumUE)
 //   T sum_of(f)                        sum_j f(z_j)
 //   ClassSums<T> class_sums(f)         f(z - m, e, u) -> ClassTerms; the sums over k != j*
 //   void write_soft_grad(d_of, g, v)   grad_j = g(e_j, d_j), d_j = d_of(z_j - m, e_j, u_j) (the
@@ -46,6 +47,13 @@
 #include "loss_math.h"
 
 namespace rk {
+
+// The sums a Row forms only when asked (a Row whose passes share nothing may form them anyway):
+// each is read by one closed form of soft_row alone, ce at eps = 0 and the affine terms at eps = 0.
+enum ExpPassSums : unsigned {
+  kSumUZ = 1u,  // sum_k u_k (z_k - m)
+  kSumUE = 2u,  // sum_{k != j*} u_k e_k
+};
 
 // A row's scalars, the same for every class.
 template <class T>
@@ -310,7 +318,8 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
   const T m = row.max_value;
   if (!(m > -infinity<T>() && m < infinity<T>())) return soft_nan_row<T>(row, need_grad);  // as nan_row
   const bool ce_unbiased = mask == (1u << kCE) && eps == T(0);
-  row.find_special(m, ce_unbiased);
+  const bool affine = (mask & ~kAffineTerms) == 0;
+  row.find_special(m, ce_unbiased ? kSumUZ : affine && eps == T(0) ? kSumUE : 0u);
   const TargetSums<T> ts = row.target_sums(m);
   if (ts.bad) return soft_nan_row<T>(row, need_grad);
   const T others = row.remember_exp(m);
@@ -347,7 +356,7 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     }
     return loss;
   }
-  if ((mask & ~kAffineTerms) == 0) {
+  if (affine) {
     const T c = affine_coefficient(mask, prm, s.K);
     return s.biased ? affine_biased_passes(row, c, s, others, ts, need_grad, scale)
                     : affine_row(row, c, s, others, ts, need_grad, scale);

@@ -164,18 +164,21 @@ struct SoftCpuRow {
   // find_special, target_sums, remember_exp and others_u_e in one pass over z and the coefficients (the
   // calls below answer from it): u_j and e_j stored, j* found in the first block that holds
   // z_j - m = 0, and the lane j* zeroed in that block's share of the sums over k != j*.
-  void find_special(T m, bool need_u_zm) {
-    if (need_u_zm) {
-      exp_pass<true>(m);
+  void find_special(T m, unsigned sums) {
+    if (sums == kSumUZ) {
+      exp_pass<kSumUZ>(m);
+    } else if (sums == kSumUE) {
+      exp_pass<kSumUE>(m);
     } else {
-      exp_pass<false>(m);
+      exp_pass<0u>(m);
     }
   }
 
-  // kSumUZ: whether to form sum_k u_k (z_k - m), which only ce at eps = 0 reads (its select and
-  // product are a sixth of the pass's arithmetic).
-  template <bool kSumUZ>
+  // kSums: the optional sums (ExpPassSums) to form, each a product and an accumulation per vector
+  // that most rows never read.
+  template <unsigned kSums>
   void exp_pass(T m) {
+    constexpr bool kUZ = (kSums & kSumUZ) != 0, kUE = (kSums & kSumUE) != 0;
     Vec acc_u(T(0)), acc_uz(T(0)), acc_e(T(0)), acc_ue(T(0));
     bool found = false;
     int64_t j = 0;
@@ -184,7 +187,7 @@ struct SoftCpuRow {
       Vec uv = coefficients.load(j);
       Vec ev = Ops<Vec>::exp_shifted(zm);
       ev.store(e + j);
-      if constexpr (kSumUZ) acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * zm);
+      if constexpr (kUZ) acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * zm);
       if (!found) {
         const int zeros = zm.zero_mask();
         if (zeros != 0) {
@@ -196,14 +199,14 @@ struct SoftCpuRow {
       }
       acc_u = acc_u + uv;
       acc_e = acc_e + ev;
-      acc_ue = at::vec::fmadd(uv, ev, acc_ue);
+      if constexpr (kUE) acc_ue = at::vec::fmadd(uv, ev, acc_ue);
     }
     T total_u = lane_sum(acc_u), total_uz = lane_sum(acc_uz), total_e = lane_sum(acc_e), total_ue = lane_sum(acc_ue);
     for (; j < K; ++j) {
       const T zm = z[j] - m;
       const T uj = coefficients.load_one(j);
       e[j] = Ops<T>::exp_shifted(zm);
-      if constexpr (kSumUZ) total_uz += Ops<T>::select_nonzero(uj, uj * zm);
+      if constexpr (kUZ) total_uz += Ops<T>::select_nonzero(uj, uj * zm);
       if (!found && zm == T(0)) {
         found = true;
         special = j;
@@ -211,7 +214,7 @@ struct SoftCpuRow {
       }
       total_u += uj;
       total_e += e[j];
-      total_ue += uj * e[j];
+      if constexpr (kUE) total_ue += uj * e[j];
     }
     target = {u[special], total_u, total_uz, coefficients.bad()};
     others_e = total_e;
@@ -304,7 +307,7 @@ struct SoftCpuRow {
 };
 
 // max_j z_j (NaN if the row holds a NaN), with z_j in the compute type copied into `out` where
-// the logits are of another dtype (out null: they are not).
+// the logits are of another dtype (logits of the compute type are only read).
 template <class T, class scalar_t>
 T row_max(const scalar_t* src, int64_t K, T* out) {
   using Vec = Vectorized<T>;

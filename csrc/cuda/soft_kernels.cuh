@@ -125,7 +125,9 @@ struct SoftGpuRow {
     }
   }
 
-  __device__ void find_special(T m, bool /*need_u_zm: target_sums forms it in any case*/) {
+  // Nothing is kept between passes: target_sums forms sum_k u_k (z_k - m) in any case, and
+  // others_u_e is a pass of its own.
+  __device__ void find_special(T m, unsigned /*sums*/) {
     int64_t first = K;
     for (int64_t j = tid; j < K; j += kThreads) {
       if (z_at(j) - m == T(0) && j < first) first = j;
