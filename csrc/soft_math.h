@@ -150,14 +150,19 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
 // class_terms of the row's classes, as a Row's class_sums calls it. A named functor, not a
 // lambda: its call is forced inline into the Row's pass (RK_ELEM), where a lambda's call per
 // vector was left out of line, spilling every vector register.
-// The row's scalars are held by value: a Row that copies the functor into its pass keeps them in
-// registers, where through a pointer they are reloaded after every vector store (the SIMD
-// stores may alias anything).
+// The row's scalars and the loss parameters are held by value: a Row that copies the functor into
+// its pass keeps them in registers, where through a pointer they are reloaded after every vector
+// store (the SIMD stores may alias anything) -- and what is formed from them, such as gce's
+// -w / q, recomputed per vector, a scalar division each time.
 template <class T, bool kNce, bool kBiased, unsigned kMask>
 struct SoftClassTerms {
   unsigned mask;
-  const T* prm;
   SoftScalars<T> s;
+  T prm[kNumSlots];
+
+  RK_HD SoftClassTerms(unsigned mask_, const T* prm_, const SoftScalars<T>& s_) : mask(mask_), s(s_) {
+    for (int i = 0; i < kNumSlots; ++i) prm[i] = prm_[i];
+  }
 
   template <class V>
   RK_ELEM ClassTerms<V> operator()(V zm, V e, V u) const {
@@ -213,7 +218,7 @@ RK_HD T soft_nan_row(Row& row, bool need_grad) {
 template <bool kNce, bool kBiased, unsigned kMask = 0, class T, class Row>
 RK_HD T soft_class_passes(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others,
                           const TargetSums<T>& ts, bool need_grad, T scale) {
-  const SoftClassTerms<T, kNce, kBiased, kMask> terms{mask, prm, s};
+  const SoftClassTerms<T, kNce, kBiased, kMask> terms(mask, prm, s);
   const ClassSums<T> rest = row.class_sums(terms);
   const ClassTerms<T> star =
       class_terms<kNce, kBiased, kMask, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);

@@ -35,6 +35,7 @@ struct CpuRow {
   mutable T others_sum = T(0);  // sum_{j != y} e_j, taken by remember() while it wrote e
   T* aux_h = nullptr;           // h_j of nfl (elementwise_sums below)
   T* aux_pq = nullptr;          // p_j^q of ngce (elementwise_sums below)
+  const scalar_t* next_row = nullptr;  // the next row's logits, fetched by remember() (prefetch_line)
 
   // Answered from the copy pass and the remember pass: no extra pass over the row.
   T max_of(Identity) const { return max_value; }
@@ -62,8 +63,10 @@ struct CpuRow {
   void remember(const F& f) const {
     Vec acc(T(0));
     const int64_t label_block = y - y % kLanes;
+    const scalar_t* next = next_row;
     int64_t j = 0;
     for (; j + kLanes <= K; j += kLanes) {
+      prefetch_line(next, j);
       Vec e = f(Vec::loadu(a + j));
       e.store(cache + j);
       if (j == label_block) {
@@ -303,6 +306,7 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& target, const at::
       CpuRow<T, scalar_t> row{buffer.data(), buffer.data() + K, K, label, grad_row, row_max};
       if constexpr ((kV & (1u << kNFL)) != 0) row.aux_h = buffer.data() + 2 * K;
       if constexpr ((kV & (1u << kNGCE)) != 0) row.aux_pq = buffer.data() + (kBuffers - 1) * K;
+      if (i + 1 < end) row.next_row = z + (i + 1) * row_stride;
       const T w = weight ? weight[label] : T(1);
       out[i] = w * row_forward<T, kV>(row, mask, prm, buffer[label], grad_row != nullptr, scale * w);
     }

@@ -156,6 +156,7 @@ struct SoftCpuRow {
   Coefficients coefficients;  // fills u in the exp pass
   int64_t special = 0;
   bool have_d = false;
+  const scalar_t* next_row = nullptr;  // the next row's logits, fetched by the exp pass (prefetch_line)
 
   TargetSums<T> target = {};
   T others_e = T(0);   // sum_{j != j*} e_j
@@ -182,7 +183,9 @@ struct SoftCpuRow {
     Vec acc_u(T(0)), acc_uz(T(0)), acc_e(T(0)), acc_ue(T(0));
     bool found = false;
     int64_t j = 0;
+    const scalar_t* next = next_row;
     for (; j + kLanes <= K; j += kLanes) {
+      prefetch_line(next, j);
       const Vec zm = Vec::loadu(z + j) - Vec(m);
       Vec uv = coefficients.load(j);
       Vec ev = Ops<Vec>::exp_shifted(zm);
@@ -393,6 +396,7 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at:
       if constexpr (std::is_same_v<scalar_t, T>) z_row = src;
       SoftCpuRow<T, scalar_t, decltype(coefficients)> row{z_row,    z + K, coefficients.values(), z + 3 * K, K,
                                                           grad_row, max_z, coefficients};
+      if (i + 1 < end) row.next_row = src + row_stride;
       out[i] = soft_row<T>(row, call.mask, prm, eps ? eps[i] : static_cast<T>(call.epsilon), grad_row != nullptr,
                            scale);
     }
