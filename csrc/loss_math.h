@@ -249,8 +249,10 @@ struct LabelTerms {
   // Divisions by a parameter are multiplications by its reciprocal, formed once in T: a vector
   // division per class costs the soft class pass more than the rest of its arithmetic.
   RK_ELEM void gce(T w, T q) {  // (1 - p_y^q) / q
+    // q log p_y <= 0 (q > 0; log p_y > 0 only by a rounding, far below overflow), never NaN in
+    // a row that gets here: the exp of a softmax shift, without exp's overflow handling.
     const V q_lpy = V(q) * lpy;
-    const V pq = O::exp(q_lpy);
+    const V pq = O::exp_shifted(q_lpy);
     loss = loss + V(-w / q) * O::expm1_given_exp(q_lpy, pq);
     pm = pm + V(w) * pq;
   }
