@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -245,14 +246,11 @@ def robust_loss(
             "or label smoothing (each class's term carries its own bias); use backend='torch'"
         )
     _check_differentiable(name, target=target if target.is_floating_point() else None, weight=class_weight)
-    check_after = target.is_floating_point() and _kernel_checks_probabilities(name, target, logits)
-    if target.is_floating_point():
-        if not check_after:
-            check_probabilities(_as_rows(target, logits))
-    else:
-        check_labels(target.reshape(-1), _num_classes(logits), ignore_index)
-        if target.dtype not in (torch.int64, torch.int32):
-            target = target.long()
+    check_after = _kernel_checks_target(name, target, logits)
+    if not check_after:
+        _check_target_values(target, logits, ignore_index)
+    if not target.is_floating_point() and target.dtype not in (torch.int64, torch.int32):
+        target = target.long()
     if isinstance(eps, Tensor):
         check_epsilon_rows(eps.reshape(-1))
     extra = {} if class_weight is None and not soft else {"weight": class_weight, "label_smoothing": alpha}
@@ -266,18 +264,34 @@ def robust_loss(
         ignore_index,
         **extra,
     )
-    if check_after and bool(loss_rows.isnan().any()):
-        check_probabilities(_as_rows(target, logits))  # a NaN logit also makes a NaN row: no error then
+    if check_after and _holds_nan(loss_rows):
+        _check_target_values(target, logits, ignore_index)  # a NaN logit also makes a NaN row: no error then
     return loss_rows.reshape(_row_shape(logits)) if reduction == "none" else loss_rows
 
 
-def _kernel_checks_probabilities(backend: str, target: Tensor, logits: Tensor) -> bool:
-    """Whether a CPU probability target is checked after the call instead of before it.
+def _check_target_values(target: Tensor, logits: Tensor, ignore_index: int) -> None:
+    """Raise naming the first bad label or probability row of ``target`` (see ``_labels``)."""
+    if target.is_floating_point():
+        check_probabilities(_as_rows(target, logits))
+    else:
+        check_labels(target.reshape(-1), _num_classes(logits), ignore_index)
 
-    The fused kernels turn a row holding a negative or NaN probability into a NaN row, so on
-    CPU the separate check (one more read of the ``[N, K]`` target) is needed only when the
-    result holds a NaN, and it then names the row as before. Traced and
-    transformed calls keep the check before the call.
+
+def _holds_nan(loss: Tensor) -> bool:
+    loss = loss.detach()
+    # A scalar loss (mean, sum) is read as one number: one op, where isnan().any() is two more.
+    return math.isnan(loss.item()) if loss.dim() == 0 else bool(loss.isnan().any())
+
+
+def _kernel_checks_target(backend: str, target: Tensor, logits: Tensor) -> bool:
+    """Whether a CPU target is checked after the call instead of before it.
+
+    The fused kernels turn a row with a label outside ``[0, K)`` (not ``ignore_index``) or with a
+    negative or NaN probability into a NaN row, which a mean or sum carries too, so on CPU the
+    separate check -- one more read of an ``[N, K]`` target; for labels, half a dozen tensor ops
+    that cost a small batch more than the kernel -- is needed only when the result holds a NaN,
+    and it then names the row as before. Traced and transformed calls keep the check before
+    the call.
     """
     return (
         backend in ("native", "triton")

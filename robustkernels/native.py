@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ._fused_autograd import FusedOp, OpCall, register_autograd
-from ._numbers import runtime_floats, to_float
+from ._numbers import to_float
 from .reference import compute_dtype
 from .specs import LossSpec
 
@@ -172,7 +172,7 @@ def robust_loss(
         logits.requires_grad or (epsilon_rows is not None and epsilon_rows.requires_grad)
     )
     # The primitives present (the only thing that selects kernel code) and every slot's value.
-    terms, slots = spec.kernel_args(params)
+    terms, slots = spec.kernel_call_args(params)
     if weight is None and not target.is_floating_point() and label_smoothing == 0.0:
         loss, _ = torch.ops.robustkernels.loss_forward(
             logits,
@@ -180,7 +180,7 @@ def robust_loss(
             epsilon_rows,
             scalar_epsilon,
             terms,
-            runtime_floats(slots),
+            slots,
             ignore_index,
             REDUCTION_CODES[reduction],
             needs_grad,
@@ -193,7 +193,7 @@ def robust_loss(
         weight,
         scalar_epsilon,
         terms,
-        runtime_floats(slots),
+        slots,
         ignore_index,
         to_float(label_smoothing),
         REDUCTION_CODES[reduction],

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ._numbers import is_finite, is_nan, is_real, to_float
+from ._numbers import is_finite, is_nan, is_real, runtime_floats, to_float
 
 __all__ = [
     "Param",
@@ -400,6 +400,27 @@ class LossSpec:
     def kernel_args(self, values: Sequence[float]) -> tuple[int, list[float]]:
         """``(term mask, slots)`` the fused kernels receive for parameter values ``values``."""
         return kernel_args(self.bind(values))
+
+    def kernel_call_args(self, values: Sequence[float]) -> tuple[int, list[float]]:
+        """:meth:`kernel_args` with the slots as the fused ops' ``float[]`` argument (see
+        :func:`~robustkernels._numbers.runtime_floats`); the list is shared, never to be modified.
+
+        Memoised for plain float values, which a training loop passes unchanged at every step:
+        binding the terms and forming every slot costs a small batch about what its kernel costs.
+        Traced (symbolic) values are formed afresh each time and never stored.
+        """
+        values = tuple(values)
+        if not all(type(v) is float for v in values):
+            mask, slots = self.kernel_args(values)
+            return mask, runtime_floats(slots)
+        key = (id(self), values)
+        hit = _CALL_ARGS.get(key)
+        if hit is None or hit[0] is not self:
+            if len(_CALL_ARGS) >= _CALL_ARGS_MAX:
+                _CALL_ARGS.clear()
+            mask, slots = self.kernel_args(values)
+            hit = _CALL_ARGS[key] = (self, mask, runtime_floats(slots))
+        return hit[1], hit[2]
 
     @property
     def mask(self) -> int:
@@ -808,6 +829,12 @@ _SPECS = (
 LOSSES: Mapping[str, LossSpec] = MappingProxyType({s.name: s for s in _SPECS})
 
 assert [s.kind for s in _SPECS] == list(range(len(_SPECS))), "kinds must be 0..n-1 in table order"
+
+
+# LossSpec.kernel_call_args of (id(spec), values): the spec is kept in the entry, so an id
+# reused by a spec created later misses instead of answering for the old one.
+_CALL_ARGS: dict[tuple[int, tuple[float, ...]], tuple[LossSpec, int, list[float]]] = {}
+_CALL_ARGS_MAX = 1024
 
 
 def get_spec(loss: str | LossSpec) -> LossSpec:

@@ -8,7 +8,7 @@ import re
 import torch
 from torch import Tensor
 
-from .._numbers import runtime_floats, to_float
+from .._numbers import to_float
 from ..specs import LossSpec
 
 __all__ = ["unavailable_reason", "interpreter_defect", "robust_loss"]
@@ -96,7 +96,7 @@ def robust_loss(
     eps_rows = epsilon if isinstance(epsilon, Tensor) else None
     # No float() of a float: see robustkernels.native (traced values under dynamic=True).
     eps = 0.0 if eps_rows is not None else epsilon
-    terms, slots = spec.kernel_args(params)
+    terms, slots = spec.kernel_call_args(params)
     needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (eps_rows is not None and eps_rows.requires_grad))
-    args = (logits, target, eps_rows, weight, eps, terms, runtime_floats(slots), ignore_index)
+    args = (logits, target, eps_rows, weight, eps, terms, slots, ignore_index)
     return op.fused_loss(*args, to_float(label_smoothing), reduction, needs_grad)[0]
