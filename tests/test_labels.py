@@ -56,3 +56,22 @@ def test_async_check_raises_on_a_later_call():
     assert torch.isnan(out[1]).item()
     with pytest.raises(ValueError, match="earlier call saw 1 label"):
         rk.check_labels()
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("backend", rk.available_backends("cpu"))
+def test_cpu_call_raises_for_a_bad_label_and_only_then(backend, reduction):
+    """The fused CPU backends check labels after the call, from the NaN a bad row leaves in the
+    loss; the error, and the absence of one, must be those of a check before the call."""
+    logits = torch.randn(4, 5, requires_grad=True)
+    with pytest.raises(ValueError, match=r"target: 1 label\(s\) outside \[0, 5\).*first at row 2: 7"):
+        rk.robust_loss(logits, torch.tensor([0, 1, 7, -100]), "ce", reduction=reduction, backend=backend)
+    with pytest.raises(ValueError, match=r"target: 2 label\(s\).*first at row 0: -3"):  # NaN logits too
+        rk.robust_loss(logits.detach().fill_(float("nan")), torch.tensor([-3, 1, 7, 2]), "ce", backend=backend)
+    # A NaN logit alone makes a NaN row, and every ignored row a NaN mean: no error for either.
+    nan_logit = logits.detach().clone()
+    nan_logit[1, 3] = float("nan")
+    loss = rk.robust_loss(nan_logit, torch.tensor([0, 1, 2, 3]), "ce", reduction=reduction, backend=backend)
+    assert loss.isnan().any()
+    ignored = rk.robust_loss(logits, torch.full((4,), -100), "ce", backend=backend)
+    assert ignored.isnan()

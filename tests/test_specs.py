@@ -128,6 +128,28 @@ def test_kernel_slots_carry_weights_parameters_and_the_differences_formed_in_dou
     assert all(v == 0.0 for k, v in named.items() if k.split("_")[0] not in ("nce", "aul"))
 
 
+def test_kernel_call_args_are_kernel_args_memoised_for_plain_floats_only():
+    spec = rk.get_spec("nce_agce")
+    values = spec.resolve({"alpha": 2.0, "q": 1.25})
+    mask, slots = spec.kernel_call_args(values)
+    assert (mask, slots) == spec.kernel_args(values)
+    assert all(type(v) is float for v in slots)
+    assert spec.kernel_call_args(values)[1] is slots  # the same list: nothing formed again
+    other = spec.kernel_call_args(spec.resolve({"alpha": 3.0, "q": 1.25}))[1]
+    assert dict(zip(KERNEL_SLOTS, other))["nce_weight"] == 3.0 and slots is not other
+
+    class Traced(float):  # stands for a symbolic float: never memoised
+        pass
+
+    traced = tuple(Traced(v) for v in values)
+    assert spec.kernel_call_args(traced) == (mask, slots)
+    assert spec.kernel_call_args(traced)[1] is not spec.kernel_call_args(traced)[1]
+    # a different spec with equal values (an id may be reused once a spec is freed) gets its own
+    combined = rk.combine({"nce": 1.0, "agce": 1.0})
+    c_values = combined.resolve({})
+    assert combined.kernel_call_args(c_values) == combined.kernel_args(c_values)
+
+
 def test_combine_builds_a_loss_equal_to_the_published_entry():
     spec = rk.combine({"nce": 1.0, "agce": 4.0}, agce={"a": 6.0, "q": 1.5})
     assert [p.name for p in spec.params] == ["agce_a", "agce_q"]
