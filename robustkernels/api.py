@@ -288,9 +288,9 @@ def _kernel_checks_target(backend: str, target: Tensor, logits: Tensor) -> bool:
 
     The fused kernels turn a row with a label outside ``[0, K)`` (not ``ignore_index``) or with a
     negative or NaN probability into a NaN row, which a mean or sum carries too, so on CPU the
-    separate check -- one more read of an ``[N, K]`` target; for labels, half a dozen tensor ops
-    that cost a small batch more than the kernel -- is needed only when the result holds a NaN,
-    and it then names the row as before. Traced and transformed calls keep the check before
+    separate check -- one more read of an ``[N, K]`` target; for labels, half a dozen small
+    tensor ops at every call -- is needed only when the result holds a NaN, and it then names
+    the row as before. Traced and transformed calls keep the check before
     the call.
     """
     return (

@@ -16,6 +16,7 @@ Notation: ``p = softmax(z + eps * e_y)``, ``y`` the label, ``K`` the number of c
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -405,22 +406,15 @@ class LossSpec:
         """:meth:`kernel_args` with the slots as the fused ops' ``float[]`` argument (see
         :func:`~robustkernels._numbers.runtime_floats`); the list is shared, never to be modified.
 
-        Memoised for plain float values, which a training loop passes unchanged at every step:
-        binding the terms and forming every slot costs a small batch about what its kernel costs.
-        Traced (symbolic) values are formed afresh each time and never stored.
+        Memoised for plain float values, which a training loop passes unchanged at every step, so
+        the terms are bound and the slots formed once instead of at every call. Traced (symbolic)
+        values are formed afresh each time and never stored.
         """
         values = tuple(values)
-        if not all(type(v) is float for v in values):
-            mask, slots = self.kernel_args(values)
-            return mask, runtime_floats(slots)
-        key = (id(self), values)
-        hit = _CALL_ARGS.get(key)
-        if hit is None or hit[0] is not self:
-            if len(_CALL_ARGS) >= _CALL_ARGS_MAX:
-                _CALL_ARGS.clear()
-            mask, slots = self.kernel_args(values)
-            hit = _CALL_ARGS[key] = (self, mask, runtime_floats(slots))
-        return hit[1], hit[2]
+        if all(type(v) is float for v in values):
+            return _memoised_call_args(self, values)
+        mask, slots = self.kernel_args(values)
+        return mask, runtime_floats(slots)
 
     @property
     def mask(self) -> int:
@@ -831,10 +825,10 @@ LOSSES: Mapping[str, LossSpec] = MappingProxyType({s.name: s for s in _SPECS})
 assert [s.kind for s in _SPECS] == list(range(len(_SPECS))), "kinds must be 0..n-1 in table order"
 
 
-# LossSpec.kernel_call_args of (id(spec), values): the spec is kept in the entry, so an id
-# reused by a spec created later misses instead of answering for the old one.
-_CALL_ARGS: dict[tuple[int, tuple[float, ...]], tuple[LossSpec, int, list[float]]] = {}
-_CALL_ARGS_MAX = 1024
+@functools.lru_cache(maxsize=1024)
+def _memoised_call_args(spec: LossSpec, values: tuple[float, ...]) -> tuple[int, list[float]]:
+    mask, slots = spec.kernel_args(values)
+    return mask, runtime_floats(slots)
 
 
 def get_spec(loss: str | LossSpec) -> LossSpec:

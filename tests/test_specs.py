@@ -144,7 +144,7 @@ def test_kernel_call_args_are_kernel_args_memoised_for_plain_floats_only():
     traced = tuple(Traced(v) for v in values)
     assert spec.kernel_call_args(traced) == (mask, slots)
     assert spec.kernel_call_args(traced)[1] is not spec.kernel_call_args(traced)[1]
-    # a different spec with equal values (an id may be reused once a spec is freed) gets its own
+    # another spec gets its own
     combined = rk.combine({"nce": 1.0, "agce": 1.0})
     c_values = combined.resolve({})
     assert combined.kernel_call_args(c_values) == combined.kernel_args(c_values)

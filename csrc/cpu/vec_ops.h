@@ -68,10 +68,10 @@ struct Ops<at::vec::Vectorized<T>> {
   RK_ELEM static V select_nonzero(const V& x, const V& v) { return V::blendv(V(T(0)), v, x != V(T(0))); }
 };
 
-// Asks for the cache line of p[j] where one begins (p 64-byte aligned rows or not, one request
-// per line): the pass over a row that the cache already holds fetches the next row this way,
-// where the first pass of that row would otherwise wait on memory with nothing to overlap it --
-// the hardware prefetcher does not run a row's length ahead. A null p asks for nothing.
+// Asks for the cache line holding p[j] once every 64 bytes of the row (one request per line,
+// whatever the row's alignment): the pass over a row that the cache already holds fetches the
+// next row this way, where the first pass of that row would otherwise wait on memory with no
+// arithmetic to overlap it. A null p asks for nothing.
 template <class scalar_t>
 RK_ELEM void prefetch_line(const scalar_t* p, int64_t j) {
   if (p != nullptr && (j * static_cast<int64_t>(sizeof(scalar_t))) % 64 == 0) __builtin_prefetch(p + j, 0, 3);
