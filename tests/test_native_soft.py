@@ -121,6 +121,29 @@ def test_probability_target_every_soft_loss(loss, eps):
     _assert_close(_native(z, t, loss, eps, upstream=up), _brute(z, t, loss, eps, upstream=up), TOL[torch.float64])
 
 
+@pytest.mark.parametrize("loss", SOFT_LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_label_smoothing_without_weight_every_soft_loss(loss, dtype):
+    """Unweighted smoothing keeps no coefficient row: every class reads alpha / K and the label's
+    1 - alpha is added on its own lane. Labels on the row's maximum and off it, in the SIMD body
+    and in the tail (K = 37), an ignored and an invalid row, alpha = 1 (no label share)."""
+    n, k = 7, 37
+    z, y = _logits(n, k), _labels(n, k)
+    z[0, y[0]] = z[0].max() + 4.0  # the label is j*
+    z[1, 5] = z[1].max() + 12.0  # a confident row whose label is not j*
+    y[1], y[2], y[3] = 3, k - 1, -100
+    rows = torch.linspace(-1.0, 2.0, n, dtype=torch.float64)
+    for alpha, eps in ((0.3, 0.0), (0.3, 0.8), (1.0, 0.8), (0.1, rows)):
+        got = _native(z.to(dtype), y, loss, eps, alpha=alpha, reduction="none")
+        want = _brute(z.to(dtype), y, loss, eps, alpha=alpha, reduction="none")
+        _assert_close(got, want, TOL[dtype])
+        assert got[1][3].abs().max() == 0  # the ignored row
+    bad = y.clone()
+    bad[4] = k
+    with pytest.raises(ValueError, match="target"):
+        rk.robust_loss(z.to(dtype), bad, loss, epsilon=0.8, label_smoothing=0.3, backend="native")
+
+
 @pytest.mark.parametrize("loss", ["ce", "gce", "nce_mae", "focal", "agce", "aul"])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_label_smoothing_with_weight_and_ignore_index(loss, reduction):

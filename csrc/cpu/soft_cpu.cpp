@@ -44,6 +44,15 @@ T lane_sum(const Vectorized<T>& v) {
   return total;
 }
 
+// A row's class coefficients are u_k = base_k + extra [k == lane]: one lane may carry a share
+// on top of the base (the label of a smoothed row), which each pass adds in a fix-up of its own
+// (lane -1: none).
+template <class T>
+struct ExtraLane {
+  int64_t lane = -1;
+  T value = T(0);
+};
+
 // Where the exp pass of a row gets its class coefficients u_k: from the buffer they were written
 // into (a label row's; a probability row of another dtype than the compute type's, converted by
 // a pass of its own), or formed there from a probability target of the compute type, which the
@@ -59,8 +68,28 @@ struct StoredCoefficients {
 
   Vec load(int64_t j) { return Vec::loadu(u + j); }
   T load_one(int64_t j) { return u[j]; }
+  Vec base(int64_t j) const { return Vec::loadu(u + j); }
+  T base_one(int64_t j) const { return u[j]; }
+  ExtraLane<T> extra() const { return {}; }
   bool bad() const { return bad_row; }
-  const T* values() const { return u; }
+};
+
+// The coefficients of a label row smoothed without class weights: alpha / K for every class,
+// and the label's 1 - alpha on top (its extra lane). Nothing is stored or read: a buffer filled
+// per row cost a store per class and a load per class in each of the three passes after it.
+template <class T>
+struct UniformCoefficients {
+  using Vec = Vectorized<T>;
+  T spread;  // alpha / K
+  T keep;    // 1 - alpha
+  int64_t label;
+
+  Vec load(int64_t /*j*/) const { return Vec(spread); }
+  T load_one(int64_t /*j*/) const { return spread; }
+  Vec base(int64_t /*j*/) const { return Vec(spread); }
+  T base_one(int64_t /*j*/) const { return spread; }
+  ExtraLane<T> extra() const { return {keep == T(0) ? -1 : label, keep}; }
+  bool bad() const { return false; }
 };
 
 // u_k = w_k ((1 - alpha) t_k + alpha / K) of one class (w null: no class weights).
@@ -101,6 +130,9 @@ struct ProbabilityCoefficients {
   bool in_place = stride == 1 && w == nullptr && keep == T(1) && spread == T(0);
 
   const T* values() const { return in_place ? t : u; }
+  Vec base(int64_t j) const { return Vec::loadu(values() + j); }
+  T base_one(int64_t j) const { return values()[j]; }
+  ExtraLane<T> extra() const { return {}; }
 
   Vec load_target(int64_t j) const {
     if (stride == 1) return Vec::loadu(t + j);
@@ -137,8 +169,9 @@ struct ProbabilityCoefficients {
   }
 };
 
-// The Row of soft_math.h over the buffers of one row: z (in the compute type), e_j, u_j, d_j.
-// Sums over k != j* zero the lane j* in the vector that holds it, never subtract it afterwards.
+// The Row of soft_math.h over the buffers of one row: z (in the compute type), e_j, d_j, and
+// the class coefficients of its Coefficients source. Sums over k != j* zero the lane j* in the
+// vector that holds it, never subtract it afterwards.
 template <class T, class scalar_t, class Coefficients>
 struct SoftCpuRow {
   using Vec = Vectorized<T>;
@@ -148,12 +181,11 @@ struct SoftCpuRow {
   static constexpr bool kFoldsSingleTerm = std::is_same_v<T, float> && std::is_same_v<scalar_t, float>;
   const T* z;
   T* e;
-  const T* u;
   T* d;
   int64_t K;
   scalar_t* grad;
   T max_value;
-  Coefficients coefficients;  // fills u in the exp pass
+  Coefficients coefficients;  // a probability row's are formed by the exp pass
   int64_t special = 0;
   bool have_d = false;
   const scalar_t* next_row = nullptr;  // the next row's logits, fetched by the exp pass (prefetch_line)
@@ -219,7 +251,18 @@ struct SoftCpuRow {
       total_e += e[j];
       if constexpr (kUE) total_ue += uj * e[j];
     }
-    target = {u[special], total_u, total_uz, coefficients.bad()};
+    T u_star = coefficients.base_one(special);
+    const ExtraLane<T> extra = coefficients.extra();
+    if (extra.lane >= 0) {
+      if constexpr (kUZ) total_uz += extra.value * (z[extra.lane] - m);
+      if (extra.lane == special) {
+        u_star += extra.value;
+      } else {
+        total_u += extra.value;
+        if constexpr (kUE) total_ue += extra.value * e[extra.lane];
+      }
+    }
+    target = {u_star, total_u, total_uz, coefficients.bad()};
     others_e = total_e;
     others_ue = total_ue;
   }
@@ -246,14 +289,15 @@ struct SoftCpuRow {
   template <class F>
   ClassSums<T> class_sums(const F& terms) {
     const F f = terms;
+    const Coefficients u = coefficients;
     const T m = max_value;
-    const T *zr = z, *er = e, *ur = u;
+    const T *zr = z, *er = e;
     T* dr = d;
     const int64_t n = K, star = special;
     Vec acc_loss(T(0)), acc_p(T(0)), acc_b(T(0));
     int64_t j = 0;
     for (; j + kLanes <= n; j += kLanes) {
-      ClassTerms<Vec> c = f(Vec::loadu(zr + j) - Vec(m), Vec::loadu(er + j), Vec::loadu(ur + j));
+      ClassTerms<Vec> c = f(Vec::loadu(zr + j) - Vec(m), Vec::loadu(er + j), u.base(j));
       c.d.store(dr + j);
       Vec p = c.d + c.p_minus_d;
       if (star >= j && star < j + kLanes) {
@@ -267,9 +311,20 @@ struct SoftCpuRow {
     }
     ClassSums<T> out{lane_sum(acc_loss), lane_sum(acc_p), lane_sum(acc_b)};
     for (; j < n; ++j) {
-      const ClassTerms<T> c = f(zr[j] - m, er[j], ur[j]);
+      const ClassTerms<T> c = f(zr[j] - m, er[j], u.base_one(j));
       dr[j] = c.d;
       if (j == star) continue;
+      out.loss += c.loss;
+      out.p += c.d + c.p_minus_d;
+      out.b += c.b;
+    }
+    // The terms are linear in u: the extra lane's share is its terms at u = extra (the lane j*
+    // has its own, from target_sums' u_{j*}).
+    const ExtraLane<T> extra = u.extra();
+    if (extra.lane >= 0 && extra.lane != star) {
+      const int64_t y = extra.lane;
+      const ClassTerms<T> c = f(zr[y] - m, er[y], extra.value);
+      dr[y] += c.d;
       out.loss += c.loss;
       out.p += c.d + c.p_minus_d;
       out.b += c.b;
@@ -282,18 +337,27 @@ struct SoftCpuRow {
   void write_soft_grad(const DOf& d_of_given, const G& g_given, T special_value) const {
     const DOf d_of = d_of_given;
     const G g = g_given;
+    const Coefficients u = coefficients;
     const T m = max_value;
-    const T *zr = z, *er = e, *ur = u, *dr = d;
+    const T *zr = z, *er = e, *dr = d;
     scalar_t* out = grad;
     const int64_t n = K;
     const bool stored_d = have_d;
     int64_t j = 0;
     for (; j + kLanes <= n; j += kLanes) {
       const Vec ev = Vec::loadu(er + j);
-      const Vec dv = stored_d ? Vec::loadu(dr + j) : d_of(Vec::loadu(zr + j) - Vec(m), ev, Vec::loadu(ur + j));
+      const Vec dv = stored_d ? Vec::loadu(dr + j) : d_of(Vec::loadu(zr + j) - Vec(m), ev, u.base(j));
       store_as(g(ev, dv), out + j);
     }
-    for (; j < n; ++j) out[j] = static_cast<scalar_t>(g(er[j], stored_d ? dr[j] : d_of(zr[j] - m, er[j], ur[j])));
+    for (; j < n; ++j) {
+      out[j] = static_cast<scalar_t>(g(er[j], stored_d ? dr[j] : d_of(zr[j] - m, er[j], u.base_one(j))));
+    }
+    // class_sums has added the extra lane's share into its stored d; a d formed here has not.
+    const ExtraLane<T> extra = u.extra();
+    if (!stored_d && extra.lane >= 0) {
+      const int64_t y = extra.lane;
+      out[y] = static_cast<scalar_t>(g(er[y], d_of(zr[y] - m, er[y], u.base_one(y) + extra.value)));
+    }
     out[special] = static_cast<scalar_t>(special_value);
   }
 
@@ -341,20 +405,16 @@ T row_max(const scalar_t* src, int64_t K, T* out) {
   return best;
 }
 
-// u_k = (alpha / K) w_k + (1 - alpha) w_y [k == y] of label y (label smoothing).
+// u_k = (alpha / K) w_k + (1 - alpha) w_y [k == y] of label y (label smoothing with class
+// weights; without them, UniformCoefficients).
 template <class T>
 void label_coefficients(int64_t y, int64_t K, const T* w, T keep, T spread, T* u) {
   using Vec = Vectorized<T>;
   constexpr int64_t kLanes = Vec::size();
   int64_t j = 0;
-  if (w) {
-    for (; j + kLanes <= K; j += kLanes) (Vec::loadu(w + j) * Vec(spread)).store(u + j);
-    for (; j < K; ++j) u[j] = w[j] * spread;
-    u[y] += keep * w[y];
-  } else {
-    std::fill(u, u + K, spread);
-    u[y] += keep;
-  }
+  for (; j + kLanes <= K; j += kLanes) (Vec::loadu(w + j) * Vec(spread)).store(u + j);
+  for (; j < K; ++j) u[j] = w[j] * spread;
+  u[y] += keep * w[y];
 }
 
 // Every row: `fill(i, u)` returns {status, the row's coefficient source over the buffer u}, the
@@ -394,8 +454,7 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at:
       const T max_z = row_max<T>(src, K, z);
       const T* z_row = z;
       if constexpr (std::is_same_v<scalar_t, T>) z_row = src;
-      SoftCpuRow<T, scalar_t, decltype(coefficients)> row{z_row,    z + K, coefficients.values(), z + 3 * K, K,
-                                                          grad_row, max_z, coefficients};
+      SoftCpuRow<T, scalar_t, decltype(coefficients)> row{z_row, z + K, z + 3 * K, K, grad_row, max_z, coefficients};
       if (i + 1 < end) row.next_row = src + row_stride;
       out[i] = soft_row<T>(row, call.mask, prm, eps ? eps[i] : static_cast<T>(call.epsilon), grad_row != nullptr,
                            scale);
@@ -446,13 +505,20 @@ void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad)
     const int64_t* l = labels.const_data_ptr<int64_t>();
     const int64_t l_stride = labels.stride(0);
     const int64_t ignore_index = call.ignore_index;
+    auto status = [=](int64_t y) { return y == ignore_index ? 1 : y < 0 || y >= K ? 2 : 0; };
+    if (w == nullptr) {
+      auto fill = [=](int64_t i, T* /*u*/) {
+        const int64_t y = l[i * l_stride];
+        return std::pair{status(y), UniformCoefficients<T>{spread, keep, y}};
+      };
+      soft_rows<scalar_t>(call, fill, rows, grad);
+      return;
+    }
     auto fill = [=](int64_t i, T* u) {
       const int64_t y = l[i * l_stride];
-      const StoredCoefficients<T> stored{u};
-      if (y == ignore_index) return std::pair{1, stored};
-      if (y < 0 || y >= K) return std::pair{2, stored};
-      label_coefficients<T>(y, K, w, keep, spread, u);
-      return std::pair{0, stored};
+      const int row_status = status(y);
+      if (row_status == 0) label_coefficients<T>(y, K, w, keep, spread, u);
+      return std::pair{row_status, StoredCoefficients<T>{u}};
     };
     soft_rows<scalar_t>(call, fill, rows, grad);
   });
