@@ -100,7 +100,8 @@ constexpr unsigned kNeedsLog = (1u << kCE) | (1u << kGCE) | (1u << kFOCAL) | (1u
 // carries neither r's division nor nce's terms, nor the registers they hold. A nonzero kMask
 // is the mask itself at compile time (a single label primitive): its pass then holds that
 // primitive's arithmetic alone, with no branch on the mask and no registers for the others.
-template <bool kNce, bool kBiased, unsigned kMask = 0, class T, class V>
+// kNonzeroU: u_k != 0 in every class (NonzeroCoefficients), so no term needs its select.
+template <bool kNce, bool kBiased, unsigned kMask = 0, bool kNonzeroU = false, class T, class V>
 RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const SoftScalars<T>& s, V zm, V e,
                                 V one_minus_a, V u) {
   using O = Ops<V>;
@@ -138,6 +139,7 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
     out.b = B;
   }
   // A class of coefficient 0 adds exactly 0 (its l_k is inf at a -inf logit).
+  if constexpr (kNonzeroU) return out;
   out.loss = O::select_nonzero(u, out.loss);
   out.d = O::select_nonzero(u, out.d);
   if constexpr (kNce) {
@@ -154,7 +156,7 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
 // its pass keeps them in registers, where through a pointer they are reloaded after every vector
 // store (the SIMD stores may alias anything) -- and what is formed from them, such as gce's
 // -w / q, recomputed per vector, a scalar division each time.
-template <class T, bool kNce, bool kBiased, unsigned kMask>
+template <class T, bool kNce, bool kBiased, unsigned kMask, bool kNonzeroU>
 struct SoftClassTerms {
   unsigned mask;
   SoftScalars<T> s;
@@ -166,7 +168,7 @@ struct SoftClassTerms {
 
   template <class V>
   RK_ELEM ClassTerms<V> operator()(V zm, V e, V u) const {
-    return class_terms<kNce, kBiased, kMask, T>(mask, prm, s, zm, e, V(T(1)) - e * V(s.inv_s), u);
+    return class_terms<kNce, kBiased, kMask, kNonzeroU, T>(mask, prm, s, zm, e, V(T(1)) - e * V(s.inv_s), u);
   }
 };
 
@@ -213,15 +215,24 @@ RK_HD T soft_nan_row(Row& row, bool need_grad) {
   return nan;
 }
 
+// A Row that sets `static constexpr bool kNonzeroCoefficients = true` promises u_k != 0 in every
+// class of every row (unweighted label smoothing): its class pass skips the selects of a class
+// of coefficient 0.
+template <class Row, class = void>
+struct NonzeroCoefficients : std::false_type {};
+template <class Row>
+struct NonzeroCoefficients<Row, std::enable_if_t<Row::kNonzeroCoefficients>> : std::true_type {};
+
 // The class pass and the gradient pass of soft_row, compiled for one (nce, biased) pair and,
 // where kMask is nonzero, for that mask alone.
 template <bool kNce, bool kBiased, unsigned kMask = 0, class T, class Row>
 RK_HD T soft_class_passes(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others,
                           const TargetSums<T>& ts, bool need_grad, T scale) {
-  const SoftClassTerms<T, kNce, kBiased, kMask> terms(mask, prm, s);
+  constexpr bool kNonzeroU = NonzeroCoefficients<Row>::value;
+  const SoftClassTerms<T, kNce, kBiased, kMask, kNonzeroU> terms(mask, prm, s);
   const ClassSums<T> rest = row.class_sums(terms);
   const ClassTerms<T> star =
-      class_terms<kNce, kBiased, kMask, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
+      class_terms<kNce, kBiased, kMask, kNonzeroU, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
   if (need_grad) write_soft_grad(row, SoftClassD<decltype(terms)>{terms}, s, others, star, rest, scale);
   return rest.loss + star.loss;
 }

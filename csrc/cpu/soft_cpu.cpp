@@ -63,6 +63,7 @@ struct ExtraLane {
 template <class T>
 struct StoredCoefficients {
   using Vec = Vectorized<T>;
+  static constexpr bool kNonzero = false;
   T* u;
   bool bad_row = false;  // a negative or NaN probability, found while u was formed
 
@@ -80,6 +81,7 @@ struct StoredCoefficients {
 template <class T>
 struct UniformCoefficients {
   using Vec = Vectorized<T>;
+  static constexpr bool kNonzero = true;  // spread > 0: soft_rows_cpu uses it only then
   T spread;  // alpha / K
   T keep;    // 1 - alpha
   int64_t label;
@@ -119,6 +121,7 @@ template <class T>
 struct ProbabilityCoefficients {
   using Vec = Vectorized<T>;
   static constexpr int64_t kLanes = Vec::size();
+  static constexpr bool kNonzero = false;
   T* u;
   const T* t;
   int64_t stride;
@@ -179,6 +182,7 @@ struct SoftCpuRow {
   // soft_math.h: its passes are arithmetic-bound. Float32 logits only: every folded primitive is
   // one more compilation of the row's passes.
   static constexpr bool kFoldsSingleTerm = std::is_same_v<T, float> && std::is_same_v<scalar_t, float>;
+  static constexpr bool kNonzeroCoefficients = Coefficients::kNonzero;
   const T* z;
   T* e;
   T* d;
@@ -222,7 +226,9 @@ struct SoftCpuRow {
       Vec uv = coefficients.load(j);
       Vec ev = Ops<Vec>::exp_shifted(zm);
       ev.store(e + j);
-      if constexpr (kUZ) acc_uz = acc_uz + Ops<Vec>::select_nonzero(uv, uv * zm);
+      if constexpr (kUZ) {
+        acc_uz = acc_uz + (Coefficients::kNonzero ? uv * zm : Ops<Vec>::select_nonzero(uv, uv * zm));
+      }
       if (!found) {
         const int zeros = zm.zero_mask();
         if (zeros != 0) {
@@ -506,7 +512,7 @@ void soft_rows_cpu(const SoftRowsCall& call, at::Tensor& rows, at::Tensor& grad)
     const int64_t l_stride = labels.stride(0);
     const int64_t ignore_index = call.ignore_index;
     auto status = [=](int64_t y) { return y == ignore_index ? 1 : y < 0 || y >= K ? 2 : 0; };
-    if (w == nullptr) {
+    if (w == nullptr && spread > T(0)) {
       auto fill = [=](int64_t i, T* /*u*/) {
         const int64_t y = l[i * l_stride];
         return std::pair{status(y), UniformCoefficients<T>{spread, keep, y}};
