@@ -297,6 +297,34 @@ def test_nan_rows(target):
     assert torch.isfinite(rows[[0, 4]]).all() and torch.isfinite(grad[[0, 4]]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("target", ["probabilities", "smoothed"])
+def test_each_row_as_alone_next_to_nan_inf_and_ignored_rows(dtype, target):
+    """A row's max comes from the previous row's exp pass: every row, before or after a NaN (in
+    the SIMD body or the tail), an inf, a -inf or an ignored row, its max in the body or the tail,
+    gets exactly what it gets alone."""
+    n, k = 10, 37
+    z = _logits(n, k).to(dtype)
+    z[1, k - 2] = z[1].max() + 3.0  # the max in the tail
+    z[2, 3] = float("nan")
+    z[4, k - 1] = float("nan")
+    z[6, 0] = float("inf")
+    z[7] = -float("inf")
+    z[9, 2] = z[9].max() + 3.0  # the max in the SIMD body
+    if target == "probabilities":
+        t = _probabilities(n, k).to(dtype)
+    else:
+        t = _labels(n, k)
+        t[8] = -100
+    for loss, eps in (("mae", 0.0), ("gce", 0.8), ("ce", 0.0)):
+        rows, grad = _op(z, t, loss, eps, alpha=0.1)
+        for i in range(n):
+            alone_row, alone_grad = _op(z[i : i + 1], t[i : i + 1], loss, eps, alpha=0.1)
+            assert torch.equal(rows[i : i + 1].nan_to_num(7.0), alone_row.nan_to_num(7.0)), (loss, i)
+            assert torch.equal(grad[i : i + 1].nan_to_num(7.0), alone_grad.nan_to_num(7.0)), (loss, i)
+        assert rows[[2, 4, 6, 7]].isnan().all() and torch.isfinite(rows[[0, 1, 3, 5, 8, 9]]).all()
+
+
 def test_negative_or_nan_probability_is_a_nan_row():
     z, t = _logits(4, 9), _probabilities(4, 9)
     t[1, 8] = -0.1  # in the vector tail

@@ -1,12 +1,14 @@
 // Soft-target rows on the CPU: at::parallel_for over rows; the passes of soft_math.h's soft_row
 // run over each row with ATen's SIMD vectors, keeping exp(z_j - m) and d_j in per-thread buffers
 // for the gradient pass (one read of the logits and target, one write). Logits of the compute
-// type are read in place, others converted once into a buffer; the class coefficients u are the
-// target row itself where it is contiguous and unweighted, else formed into a buffer (a
-// probability target's by the exp pass, which reads it). A row of 4 K values stays in L1 for K
-// up to about 2000, so each pass after the first costs its arithmetic only: the exp pass also
-// finds j* and the target's sums, and the class pass is inlined whole (SoftClassTerms), its
-// transcendentals those of the primitives present.
+// type are read in place, others converted once into a buffer. The class coefficients u come
+// from a source per kind of row: the target row itself where it is contiguous and unweighted,
+// else formed into a buffer (a probability target's by the exp pass, which reads it), and for
+// unweighted label smoothing a constant plus the label's lane, with no buffer at all. A row of
+// 4 K values stays in L1 for K up to about 2000, so each pass after the first costs its
+// arithmetic only: the exp pass also finds j*, the target's sums and the next row's max, and the
+// class pass is inlined whole (SoftClassTerms), its transcendentals those of the primitives
+// present.
 #include "cpu/soft_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -33,6 +35,16 @@ Vectorized<T> zero_lane(const Vectorized<T>& v, int64_t lane) {
   v.store(lanes);
   lanes[lane] = T(0);
   return Vectorized<T>::loadu(lanes);
+}
+
+// The largest lane, NaN if a lane is NaN.
+template <class T>
+T lane_max(const Vectorized<T>& v) {
+  T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T best = lanes[0];
+  for (int64_t i = 1; i < Vectorized<T>::size(); ++i) best = Ops<T>::max(best, lanes[i]);
+  return best;
 }
 
 template <class T>
@@ -192,7 +204,13 @@ struct SoftCpuRow {
   Coefficients coefficients;  // a probability row's are formed by the exp pass
   int64_t special = 0;
   bool have_d = false;
-  const scalar_t* next_row = nullptr;  // the next row's logits, fetched by the exp pass (prefetch_line)
+  // The next row's logits: the exp pass, bound by its exp, also reads them and forms their max
+  // (logits of the compute type; others it only fetches, prefetch_line), so that row skips the
+  // pass of its own over memory that row_max would be.
+  const scalar_t* next_row = nullptr;
+  static constexpr bool kCarriesMax = std::is_same_v<scalar_t, T>;
+  bool has_next_max = false;
+  T next_max = T(0);
 
   TargetSums<T> target = {};
   T others_e = T(0);   // sum_{j != j*} e_j
@@ -220,8 +238,13 @@ struct SoftCpuRow {
     bool found = false;
     int64_t j = 0;
     const scalar_t* next = next_row;
+    Vec next_acc(-std::numeric_limits<T>::infinity());
     for (; j + kLanes <= K; j += kLanes) {
-      prefetch_line(next, j);
+      if constexpr (kCarriesMax) {
+        if (next) next_acc = at::vec::maximum(next_acc, Vec::loadu(next + j));  // propagates NaN
+      } else {
+        prefetch_line(next, j);
+      }
       const Vec zm = Vec::loadu(z + j) - Vec(m);
       Vec uv = coefficients.load(j);
       Vec ev = Ops<Vec>::exp_shifted(zm);
@@ -256,6 +279,13 @@ struct SoftCpuRow {
       total_u += uj;
       total_e += e[j];
       if constexpr (kUE) total_ue += uj * e[j];
+    }
+    if constexpr (kCarriesMax) {
+      if (next) {
+        next_max = lane_max(next_acc);
+        for (int64_t k = K - K % kLanes; k < K; ++k) next_max = Ops<T>::max(next_max, next[k]);
+        has_next_max = true;
+      }
     }
     T u_star = coefficients.base_one(special);
     const ExtraLane<T> extra = coefficients.extra();
@@ -399,10 +429,7 @@ T row_max(const scalar_t* src, int64_t K, T* out) {
     }
     acc = at::vec::maximum(acc, v);
   }
-  T lanes[kLanes];
-  acc.store(lanes);
-  T best = lanes[0];
-  for (int64_t i = 1; i < kLanes; ++i) best = Ops<T>::max(best, lanes[i]);
+  T best = lane_max(acc);
   for (; j < K; ++j) {
     const T v = static_cast<T>(src[j]);
     if constexpr (!std::is_same_v<scalar_t, T>) out[j] = v;
@@ -445,9 +472,12 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at:
     std::vector<T> buffer(4 * K);  // z, e, u, d
     T* z = buffer.data();
     T* u = z + 2 * K;
+    bool carried = false;  // the previous row's exp pass formed this row's max (SoftCpuRow::next_row)
+    T carried_max = T(0);
     for (int64_t i = begin; i < end; ++i) {
       scalar_t* grad_row = grad ? grad + i * K : nullptr;
       auto [status, coefficients] = fill(i, u);
+      const bool have_max = std::exchange(carried, false);
       if (status != 0) {
         const T value = status == 1 ? T(0) : nan;
         out[i] = value;
@@ -457,13 +487,15 @@ void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at:
       // Logits of the compute type are read in place (the row stays in L1/L2 between passes);
       // others once converted into the buffer z.
       const scalar_t* src = zs + i * row_stride;
-      const T max_z = row_max<T>(src, K, z);
+      const T max_z = have_max ? carried_max : row_max<T>(src, K, z);
       const T* z_row = z;
       if constexpr (std::is_same_v<scalar_t, T>) z_row = src;
       SoftCpuRow<T, scalar_t, decltype(coefficients)> row{z_row, z + K, z + 3 * K, K, grad_row, max_z, coefficients};
       if (i + 1 < end) row.next_row = src + row_stride;
       out[i] = soft_row<T>(row, call.mask, prm, eps ? eps[i] : static_cast<T>(call.epsilon), grad_row != nullptr,
                            scale);
+      carried = row.has_next_max;
+      carried_max = row.next_max;
     }
   });
 }
