@@ -330,12 +330,15 @@ def test_confident_rows_do_not_cancel(backend, case):
     # terms: fp32 leaves ulp(1) of 1 - sum_k p_k^(2 - t1) (1e-7 at t1 = t2 = 1, where the loss is
     # CE's 1e-9) and 0.5e-4 to 1.3e-4 relative elsewhere, in every backend, the fp32 torch one
     # included (tests/triton/test_triton_edge_cases.py). Its implicit gradient w - s sum_k w_k
-    # cancels terms of order 1 - p_y: measured in units of 1 - p_y (1.2e-5 at most, fp32 torch).
+    # cancels terms of order 1 - p_y: measured in units of 1 - p_y, the fp32 torch backend's error
+    # is 1.2e-5 at most with ATen's AVX2 kernels and 2.1e-5 with its AVX-512 ones (Zen 4, torch
+    # 2.14.1; ATEN_CPU_CAPABILITY=avx2 gives the former on the same machine).
     assert_rows_close(got.loss, want.loss, 2e-4, "loss", atol=case.loss_atol)
     zb = rk.reference.biased_logits(logits.double(), target, 0.25)
     one_minus_py = -torch.expm1(torch.log_softmax(zb, dim=1)[torch.arange(n), target])
     unit = torch.maximum(want.grad.abs().amax(dim=1), one_minus_py)
-    assert_rows_close(got.grad, want.grad, case.grad_rtol, "gradient", scale=unit)
+    rtol = max(case.grad_rtol, 4e-5) if backend == "torch" else case.grad_rtol
+    assert_rows_close(got.grad, want.grad, rtol, "gradient", scale=unit)
 
 
 def _offset_inputs(k: int = 7):
