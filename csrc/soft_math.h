@@ -114,14 +114,16 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
   if constexpr (kBiased) {
     x = V(s.em1) * a;
     r = O::reciprocal_one_plus(x);  // 1 + x >= min(1, e^eps) > 0
+    if ((mask & (kNeedsLog | kNeedsProbability)) != 0) q = V(s.exp_eps) * a * r;
     if ((mask & kNeedsLog) != 0) {
-      lr = zero - O::log1p(x);
-      lq = lq + (V(s.eps) + lr);
+      if constexpr (kNce) {  // nce reads log r itself
+        lr = zero - O::log1p(x);
+        lq = lq + (V(s.eps) + lr);
+      } else {
+        lq = O::log_biased(lq, s.eps, x, q);
+      }
     }
-    if ((mask & kNeedsProbability) != 0) {
-      q = V(s.exp_eps) * a * r;
-      omq = one_minus_a * r;
-    }
+    if ((mask & kNeedsProbability) != 0) omq = one_minus_a * r;
   }
   V loss = zero, pm = zero;
   LabelTerms<T, V> terms{loss, pm, s.K, lq, q, omq};

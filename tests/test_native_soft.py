@@ -325,6 +325,24 @@ def test_each_row_as_alone_next_to_nan_inf_and_ignored_rows(dtype, target):
         assert rows[[2, 4, 6, 7]].isnan().all() and torch.isfinite(rows[[0, 1, 3, 5, 8, 9]]).all()
 
 
+@pytest.mark.parametrize("loss", ["ce", "gce", "focal", "sce"])
+@pytest.mark.parametrize("eps", [5.358, -2.0])
+def test_class_whose_exp_underflows_keeps_a_finite_loss(loss, eps):
+    """At a large |eps| most vectors take log q itself; a class 100 below the row's max (its exp
+    flushes to 0 in float32) must keep its finite l_k = -log q_k, from log a, not log 0."""
+    n, k = 4, 37
+    z = _logits(n, k, scale=1.0)
+    z[:, 5] = z.max(1).values - 100.0
+    z[1, 30] = z[1].max() - 100.0  # in the tail
+    t = _probabilities(n, k, zeros=False)
+    t[:, 5] += 0.2
+    t[1, 30] += 0.2
+    got = _native(z.float(), t.float(), loss, eps)
+    want = _brute(z.float(), t.float(), loss, eps)
+    assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
+    _assert_close(got, want, TOL[torch.float32])
+
+
 def test_negative_or_nan_probability_is_a_nan_row():
     z, t = _logits(4, 9), _probabilities(4, 9)
     t[1, 8] = -0.1  # in the vector tail

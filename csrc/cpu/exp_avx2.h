@@ -153,6 +153,16 @@ RK_AVX_INLINE __m256 log_avx2(__m256 x) {
   return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // NaN in, NaN out
 }
 
+// log1p(x) for |x| < 1/16 in every lane: the series x - x^2/2 + ... - x^6/6, truncated below
+// |x|^7/7, 8.5e-9 of |x|, 0.14 ulp; x^2 times the rest keeps x exact, and -0 stays -0.
+RK_AVX_INLINE __m256 log1p_series_avx2(__m256 x) {
+  static constexpr float kSeries[] = {-1.0f / 6.0f, 1.0f / 5.0f, -1.0f / 4.0f, 1.0f / 3.0f};
+  __m256 p = _mm256_set1_ps(kSeries[0]);
+  for (int i = 1; i < 4; ++i) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(kSeries[i]));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-0.5f));
+  return _mm256_fmadd_ps(_mm256_mul_ps(x, x), p, x);
+}
+
 // log1p for 8 floats by log_reduced_avx2: u = 1 + x = 2^k m with m in [sqrt(1/2), sqrt(2)),
 // log1p(x) = k ln2 + log(m) + c. For k = 0 the
 // polynomial takes x itself, the exact argument (u has rounded its low bits away, all there is of
@@ -163,15 +173,8 @@ RK_AVX_INLINE __m256 log_avx2(__m256 x) {
 RK_AVX_INLINE __m256 log1p_avx2(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   // |x| < 1/16 in every lane (the soft rows' x_k = (e^eps - 1) a_k of all but the likeliest
-  // classes): the series x - x^2/2 + ... - x^6/6, truncated below |x|^7/7, 8.5e-9 of |x|, 0.14
-  // ulp; x^2 times the rest keeps x exact, and -0 stays -0. NaN takes the full path.
-  if (all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) {
-    static constexpr float kSeries[] = {-1.0f / 6.0f, 1.0f / 5.0f, -1.0f / 4.0f, 1.0f / 3.0f};
-    __m256 p = _mm256_set1_ps(kSeries[0]);
-    for (int i = 1; i < 4; ++i) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(kSeries[i]));
-    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(-0.5f));
-    return _mm256_fmadd_ps(_mm256_mul_ps(x, x), p, x);
-  }
+  // classes): log1p_series_avx2. NaN takes the full path.
+  if (all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) return log1p_series_avx2(x);
   const __m256 u = _mm256_add_ps(one, x);
   const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_set1_epi32(0x3f3504f3)), 23);
   const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_slli_epi32(k, 23)));
@@ -185,6 +188,27 @@ RK_AVX_INLINE __m256 log1p_avx2(__m256 x) {
   y = _mm256_blendv_ps(y, u, _mm256_cmp_ps(u, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ));
   y = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));  // -0 stays -0
   return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // NaN in, NaN out
+}
+
+// log x for 8 normal, finite, positive floats: log_avx2 without its subnormal scaling and its
+// special cases.
+RK_AVX_INLINE __m256 log_normal_avx2(__m256 x) {
+  const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(x), _mm256_set1_epi32(0x3f3504f3)), 23);
+  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(x), _mm256_slli_epi32(k, 23)));
+  return log_reduced_avx2(_mm256_sub_ps(m, _mm256_set1_ps(1.0f)), _mm256_cvtepi32_ps(k), _mm256_setzero_ps());
+}
+
+// log q of a soft row's biased class (q = e^eps a r, r = 1 / (1 + x), x = (e^eps - 1) a) for 8
+// floats, given log a and q; x finite and > -1. Where every |x| < 1/16, log a + (eps - log1p(x))
+// by the series. Elsewhere log q itself, one log against log1p's longer path. A lane of q below
+// FLT_MIN (a class whose exp underflowed, log a still finite) takes log a + (eps - x) instead:
+// there |x| < max(1, e^-eps - 1) FLT_MIN (1 + x), where log1p(x) is x.
+RK_AVX_INLINE __m256 log_biased_avx2(__m256 log_a, float eps, __m256 x, __m256 q) {
+  const __m256 eps_v = _mm256_set1_ps(eps);
+  if (all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) return _mm256_add_ps(log_a, _mm256_sub_ps(eps_v, log1p_series_avx2(x)));
+  const __m256 normal = _mm256_cmp_ps(q, _mm256_set1_ps(1.17549435e-38f), _CMP_GE_OQ);
+  const __m256 tiny = _mm256_add_ps(log_a, _mm256_sub_ps(eps_v, x));
+  return _mm256_blendv_ps(tiny, log_normal_avx2(_mm256_max_ps(q, _mm256_set1_ps(1.17549435e-38f))), normal);
 }
 
 }  // namespace rk

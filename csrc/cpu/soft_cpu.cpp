@@ -452,7 +452,7 @@ void label_coefficients(int64_t y, int64_t K, const T* w, T keep, T spread, T* u
 
 // Every row: `fill(i, u)` returns {status, the row's coefficient source over the buffer u}, the
 // status 0 (a row to compute), 1 (an ignored row: loss 0, gradient 0) or 2 (an invalid label:
-// NaN row, its logits never read). A bad probability row is a NaN row through soft_row.
+// NaN row, its logits unused). A bad probability row is a NaN row through soft_row.
 template <class scalar_t, class Fill>
 void soft_rows(const SoftRowsCall& call, const Fill& fill, at::Tensor& rows, at::Tensor& grad_out) {
   using T = at::opmath_type<scalar_t>;

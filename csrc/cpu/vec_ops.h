@@ -54,6 +54,13 @@ struct Ops<at::vec::Vectorized<T>> {
 #endif
     return x.log1p();
   }
+  RK_ELEM static V log_biased(const V& log_a, T eps, const V& x, const V& q) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(log_biased_avx2(log_a, eps, x, q));
+#endif
+    (void)q;
+    return log_a + (V(eps) - x.log1p());
+  }
   RK_ELEM static V reciprocal_one_plus(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(reciprocal_one_plus_avx2(x));
