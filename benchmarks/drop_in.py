@@ -19,7 +19,7 @@ fused time is also given as GB/s under the minimal-bytes model -- read the logit
 gradient, plus read the target for probability targets (``N K 4`` bytes each), plus the labels
 and the per-row losses -- and as a share of that copy bandwidth: how close the kernel is to what
 the memory allows. Speed-ups are medians of per-repeat ratios. Writes
-benchmarks/results/drop_in.json and drop_in.md with the command line.
+benchmarks/results/drop_in.json, drop_in.md and drop_in.png with the command line.
 """
 
 from __future__ import annotations
@@ -225,6 +225,45 @@ def _markdown(prob: list[dict], smooth: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plot(prob: list[dict], smooth: list[dict], meta: dict, path: Path) -> None:
+    """Two panels of grouped bars (ms, log scale): each probability-target case's fused, compiled
+    and eager times, and each smoothing case's integer path without and with smoothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
+    panels = (
+        (axes[0], prob, (("fused", "fused"), ("compile", "torch.compile"), ("eager", "eager")), "probability targets"),
+        (axes[1], smooth, (("plain", "without smoothing"), ("smoothed", "label_smoothing=0.1")), "label smoothing"),
+    )
+    for ax, rows, bars, title in panels:
+        width = 0.8 / len(bars)
+        for i, (key, label) in enumerate(bars):
+            xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(rows))]
+            ax.bar(xs, [r["ms"][key] for r in rows], width, label=label)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["case"].replace(" probabilities", "").replace(" label smoothing 0.1", "") for r in rows])
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_ylabel("ms per forward + backward")
+        ax.set_title(title)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend(frameon=False, fontsize=8)
+    fig.suptitle(
+        f"CPU ({meta['cpu']}, {meta['threads']} threads): N = {meta['n']}, K = {meta['k']}, float32, "
+        f"backend {meta['backend']}; {meta['command']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8192)
@@ -267,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"meta": meta, "probabilities": prob, "smoothing": smooth}, indent=2) + "\n"
         )
         (out / "drop_in.md").write_text(_markdown(prob, smooth, meta))
+        _plot(prob, smooth, meta, out / "drop_in.png")
     missed = [
         r["case"] for r in prob if r["case"].split()[0] in ("mae", "gce") and r["speedup_vs_compile"] < COMPILE_TARGET
     ]
