@@ -185,14 +185,22 @@ struct SoftClassD {
   }
 };
 
+// The gradient of the lane j*, as in the docs at the top.
+template <class T>
+RK_HD T star_gradient(const SoftScalars<T>& s, T others, const ClassTerms<T>& star, const ClassSums<T>& rest,
+                      T scale) {
+  const T q = rest.b + star.b;
+  const T a_star = s.inv_s, one_minus_a_star = others * s.inv_s;
+  return scale * ((star.d * one_minus_a_star - a_star * (rest.p + star.p_minus_d)) + q);
+}
+
 // The gradient grad_j = scale (d_j - a_j P + Q), the lane j* as in the docs at the top.
 template <class T, class Row, class DOf>
 RK_HD void write_soft_grad(Row& row, const DOf& d_of, const SoftScalars<T>& s, T others, const ClassTerms<T>& star,
                            const ClassSums<T>& rest, T scale) {
   const T p = rest.p + (star.d + star.p_minus_d);
   const T q = rest.b + star.b;
-  const T a_star = s.inv_s, one_minus_a_star = others * s.inv_s;
-  const T g_star = scale * ((star.d * one_minus_a_star - a_star * (rest.p + star.p_minus_d)) + q);
+  const T g_star = star_gradient(s, others, star, rest, scale);
   const T c_e = s.inv_s * p;  // a_j P = e_j P / S
   row.write_soft_grad(
       d_of,
@@ -201,6 +209,23 @@ RK_HD void write_soft_grad(Row& row, const DOf& d_of, const SoftScalars<T>& s, T
         return V(scale) * ((d - e * V(c_e)) + V(q));
       },
       g_star);
+}
+
+// write_soft_grad of a row whose d_k = u_k (cu + cue e_k) and Q = 0 (ce and the affine primitives
+// at eps = 0, which have no class pass): grad_j = u_j (A + C e_j) + B e_j with the scale and
+// a_j P = e_j P / S folded into A, B and C, three operations per lane where the general form
+// takes six.
+template <class T, class Row>
+RK_HD void write_linear_soft_grad(Row& row, T cu, T cue, const SoftScalars<T>& s, T others, const ClassTerms<T>& star,
+                                  const ClassSums<T>& rest, T scale) {
+  const T p = rest.p + (star.d + star.p_minus_d);
+  const T a = scale * cu, c = scale * cue, b = -scale * (s.inv_s * p);
+  row.write_soft_grad(
+      [a, b, c](auto /*zm*/, auto e, auto u) {
+        using V = decltype(e);
+        return u * (V(a) + V(c) * e) + V(b) * e;
+      },
+      [](auto /*e*/, auto grad) { return grad; }, star_gradient(s, others, star, rest, scale));
 }
 
 template <class T, class Row>
@@ -283,14 +308,7 @@ RK_HD T affine_row(Row& row, T c, const SoftScalars<T>& s, T others, const Targe
   const T ue_others = row.others_u_e();
   const ClassTerms<T> star{c * ts.u_star * (others * s.inv_s), -c * ts.u_star * s.inv_s, T(0), T(0)};
   const ClassSums<T> rest{c * (ts.u_others - ue_others * s.inv_s), -c * ue_others * s.inv_s, T(0)};
-  if (need_grad) {
-    const T c_over_s = c * s.inv_s;
-    auto d_of = [c_over_s](auto /*zm*/, auto e, auto u) {
-      using V = decltype(e);
-      return V(T(0)) - V(c_over_s) * u * e;
-    };
-    write_soft_grad(row, d_of, s, others, star, rest, scale);
-  }
+  if (need_grad) write_linear_soft_grad(row, T(0), -c * s.inv_s, s, others, star, rest, scale);
   return star.loss + rest.loss;
 }
 
@@ -366,11 +384,7 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     if (need_grad) {
       const ClassTerms<T> star{T(0), -w * ts.u_star, T(0), T(0)};
       const ClassSums<T> rest{T(0), -w * ts.u_others, T(0)};
-      auto d_of = [w](auto /*zm*/, auto /*e*/, auto u) {
-        using V = decltype(u);
-        return V(T(0)) - V(w) * u;
-      };
-      write_soft_grad(row, d_of, s, others, star, rest, scale);
+      write_linear_soft_grad(row, -w, T(0), s, others, star, rest, scale);
     }
     return loss;
   }
