@@ -343,6 +343,17 @@ def test_class_whose_exp_underflows_keeps_a_finite_loss(loss, eps):
     _assert_close(got, want, TOL[torch.float32])
 
 
+@pytest.mark.parametrize("dtype, alpha", [(torch.float64, 5e-324), (torch.float32, 1e-46)])
+def test_label_smoothing_whose_share_per_class_rounds_to_zero(dtype, alpha):
+    """alpha / K below the compute type's smallest subnormal: the rows, with and without class
+    weights, take the stored coefficients (alpha / K = 0 exactly), and equal the unsmoothed rows."""
+    z, y = _logits(3, 9).to(dtype), _labels(3, 9)
+    for weight in (None, _weight(9).to(torch.float64 if dtype == torch.float64 else torch.float32)):
+        got = _native(z, y, "mae", 0.0, weight=weight, alpha=alpha)
+        want = _native(z, y, "mae", 0.0, weight=weight, alpha=0.0)
+        _assert_close(got, want, TOL[dtype])
+
+
 def test_negative_or_nan_probability_is_a_nan_row():
     z, t = _logits(4, 9), _probabilities(4, 9)
     t[1, 8] = -0.1  # in the vector tail

@@ -438,12 +438,17 @@ T row_max(const scalar_t* src, int64_t K, T* out) {
   return best;
 }
 
-// u_k = (alpha / K) w_k + (1 - alpha) w_y [k == y] of label y (label smoothing with class
-// weights; without them, UniformCoefficients).
+// u_k = (alpha / K) w_k + (1 - alpha) w_y [k == y] of label y (w null: no class weights). Rows
+// without weights take UniformCoefficients instead, unless alpha / K rounds to 0.
 template <class T>
 void label_coefficients(int64_t y, int64_t K, const T* w, T keep, T spread, T* u) {
   using Vec = Vectorized<T>;
   constexpr int64_t kLanes = Vec::size();
+  if (w == nullptr) {
+    std::fill(u, u + K, spread);
+    u[y] += keep;
+    return;
+  }
   int64_t j = 0;
   for (; j + kLanes <= K; j += kLanes) (Vec::loadu(w + j) * Vec(spread)).store(u + j);
   for (; j < K; ++j) u[j] = w[j] * spread;
