@@ -114,7 +114,9 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
   if constexpr (kBiased) {
     x = V(s.em1) * a;
     r = O::reciprocal_one_plus(x);  // 1 + x >= min(1, e^eps) > 0
-    if ((mask & (kNeedsLog | kNeedsProbability)) != 0) q = V(s.exp_eps) * a * r;
+    // log_biased reads q too; nce's log q comes from log r instead.
+    constexpr unsigned kReadsQ = kNce ? kNeedsProbability : kNeedsProbability | kNeedsLog;
+    if ((mask & kReadsQ) != 0) q = V(s.exp_eps) * a * r;
     if ((mask & kNeedsLog) != 0) {
       if constexpr (kNce) {  // nce reads log r itself
         lr = zero - O::log1p(x);

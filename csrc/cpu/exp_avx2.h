@@ -206,9 +206,10 @@ RK_AVX_INLINE __m256 log_normal_avx2(__m256 x) {
 RK_AVX_INLINE __m256 log_biased_avx2(__m256 log_a, float eps, __m256 x, __m256 q) {
   const __m256 eps_v = _mm256_set1_ps(eps);
   if (all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) return _mm256_add_ps(log_a, _mm256_sub_ps(eps_v, log1p_series_avx2(x)));
-  const __m256 normal = _mm256_cmp_ps(q, _mm256_set1_ps(1.17549435e-38f), _CMP_GE_OQ);
+  const __m256 flt_min = _mm256_set1_ps(1.17549435e-38f);
+  const __m256 normal = _mm256_cmp_ps(q, flt_min, _CMP_GE_OQ);
   const __m256 tiny = _mm256_add_ps(log_a, _mm256_sub_ps(eps_v, x));
-  return _mm256_blendv_ps(tiny, log_normal_avx2(_mm256_max_ps(q, _mm256_set1_ps(1.17549435e-38f))), normal);
+  return _mm256_blendv_ps(tiny, log_normal_avx2(_mm256_max_ps(q, flt_min)), normal);
 }
 
 }  // namespace rk

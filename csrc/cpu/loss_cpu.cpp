@@ -49,10 +49,7 @@ struct CpuRow {
     Vec acc(T(0));
     int64_t j = lo;
     for (; j + kLanes <= hi; j += kLanes) acc = acc + f(Vec::loadu(src + j));
-    T lanes[kLanes];
-    acc.store(lanes);
-    T total = T(0);
-    for (int64_t i = 0; i < kLanes; ++i) total += lanes[i];
+    T total = lane_sum(acc);
     for (; j < hi; ++j) total += f(src[j]);
     return total;
   }
@@ -77,10 +74,7 @@ struct CpuRow {
       }
       acc = acc + e;
     }
-    T lanes[kLanes];
-    acc.store(lanes);
-    T total = T(0);
-    for (int64_t i = 0; i < kLanes; ++i) total += lanes[i];
+    T total = lane_sum(acc);
     for (; j < K; ++j) {
       cache[j] = f(a[j]);
       if (j != y) total += cache[j];
@@ -112,10 +106,7 @@ struct CpuRow {
     Vec acc(-std::numeric_limits<T>::infinity());
     int64_t j = 0;
     for (; j + kLanes <= K; j += kLanes) acc = at::vec::maximum(acc, f(Vec::loadu(a + j)));
-    T lanes[kLanes];
-    acc.store(lanes);
-    T best = lanes[0];
-    for (int64_t i = 1; i < kLanes; ++i) best = Ops<T>::max(best, lanes[i]);
+    T best = lane_max(acc);
     for (; j < K; ++j) best = Ops<T>::max(best, f(a[j]));
     return best;
   }
@@ -190,14 +181,7 @@ void elementwise_sums(Variant<kV>, CpuRow<T, S>& row, T m, T log_s, const T* prm
       acc_pq = acc_pq + pq;
     }
   }
-  auto total = [](const Vec& acc) {
-    T lanes[kLanes];
-    acc.store(lanes);
-    T sum = T(0);
-    for (int64_t i = 0; i < kLanes; ++i) sum += lanes[i];
-    return sum;
-  };
-  T focal_sum = total(acc_focal), h_sum = total(acc_h), omp_sum = total(acc_omp), pq_sum = total(acc_pq);
+  T focal_sum = lane_sum(acc_focal), h_sum = lane_sum(acc_h), omp_sum = lane_sum(acc_omp), pq_sum = lane_sum(acc_pq);
   for (; j < row.K; ++j) {
     T focal = T(0), h = T(0), omp = T(0), pq = T(0);
     terms(row.a[j], row.cache[j], focal, h, omp, pq);
@@ -260,10 +244,7 @@ T copy_biased_row(const scalar_t* z, int64_t K, int64_t y, T bias, T* out) {
       acc = at::vec::maximum(acc, v);
     }
     for (; j < K; ++j) out[j] = z[j] + (j == y ? bias : T(0));
-    T lanes[kLanes];
-    acc.store(lanes);
-    T best = lanes[0];
-    for (int64_t i = 1; i < kLanes; ++i) best = Ops<T>::max(best, lanes[i]);
+    T best = lane_max(acc);
     for (j = K - K % kLanes; j < K; ++j) best = Ops<T>::max(best, out[j]);
     return best;
   }

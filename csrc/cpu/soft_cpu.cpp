@@ -37,25 +37,6 @@ Vectorized<T> zero_lane(const Vectorized<T>& v, int64_t lane) {
   return Vectorized<T>::loadu(lanes);
 }
 
-// The largest lane, NaN if a lane is NaN.
-template <class T>
-T lane_max(const Vectorized<T>& v) {
-  T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T best = lanes[0];
-  for (int64_t i = 1; i < Vectorized<T>::size(); ++i) best = Ops<T>::max(best, lanes[i]);
-  return best;
-}
-
-template <class T>
-T lane_sum(const Vectorized<T>& v) {
-  T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T total = T(0);
-  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) total += lanes[i];
-  return total;
-}
-
 // A row's class coefficients are u_k = base_k + extra [k == lane]: one lane may carry a share
 // on top of the base (the label of a smoothed row), which each pass adds in a fix-up of its own
 // (lane -1: none).
@@ -88,8 +69,8 @@ struct StoredCoefficients {
 };
 
 // The coefficients of a label row smoothed without class weights: alpha / K for every class,
-// and the label's 1 - alpha on top (its extra lane). Nothing is stored or read: a buffer filled
-// per row cost a store per class and a load per class in each of the three passes after it.
+// and the label's 1 - alpha on top (its extra lane). Nothing is stored or read, where a buffer
+// filled per row would take a store per class and a load per class in each of the three passes.
 template <class T>
 struct UniformCoefficients {
   using Vec = Vectorized<T>;

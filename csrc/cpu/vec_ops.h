@@ -84,6 +84,26 @@ RK_ELEM void prefetch_line(const scalar_t* p, int64_t j) {
   if (p != nullptr && (j * static_cast<int64_t>(sizeof(scalar_t))) % 64 == 0) __builtin_prefetch(p + j, 0, 3);
 }
 
+// The sum of the lanes, from lane 0 up.
+template <class T>
+T lane_sum(const at::vec::Vectorized<T>& v) {
+  T lanes[at::vec::Vectorized<T>::size()];
+  v.store(lanes);
+  T total = T(0);
+  for (int64_t i = 0; i < at::vec::Vectorized<T>::size(); ++i) total += lanes[i];
+  return total;
+}
+
+// The largest lane, NaN if a lane is NaN.
+template <class T>
+T lane_max(const at::vec::Vectorized<T>& v) {
+  T lanes[at::vec::Vectorized<T>::size()];
+  v.store(lanes);
+  T best = lanes[0];
+  for (int64_t i = 1; i < at::vec::Vectorized<T>::size(); ++i) best = Ops<T>::max(best, lanes[i]);
+  return best;
+}
+
 // v into out[0, lanes) in the logits' dtype: a plain store for the compute type, a rounding
 // copy for the 16-bit dtypes.
 template <class scalar_t, class T>
