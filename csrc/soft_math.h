@@ -40,6 +40,10 @@
 //   void write_soft_grad(d_of, g, v)   grad_j = g(e_j, d_j), d_j = d_of(z_j - m, e_j, u_j) (the
 //                                      CPU Row reads the d_j of class_sums instead), grad_{j*} = v
 //   void write_grad(f, v)              grad_j = f(z_j), grad_{j*} = v (NaN rows)
+// and a Row of uniform coefficients (UniformCoefficientsRow) also
+//   ClassSums<T> class_log_product_sums(f, group)
+//                                      class_sums of terms whose loss is a factor f_k > 0: the
+//                                      loss sum is sum_{k != j*} u_k log f_k
 #pragma once
 
 #include <utility>
@@ -252,6 +256,55 @@ struct NonzeroCoefficients : std::false_type {};
 template <class Row>
 struct NonzeroCoefficients<Row, std::enable_if_t<Row::kNonzeroCoefficients>> : std::true_type {};
 
+// A Row that sets `static constexpr bool kUniformCoefficients = true` has the same coefficient
+// in every class but one extra lane (unweighted label smoothing) and class_log_product_sums.
+template <class Row, class = void>
+struct UniformCoefficientsRow : std::false_type {};
+template <class Row>
+struct UniformCoefficientsRow<Row, std::enable_if_t<Row::kUniformCoefficients>> : std::true_type {};
+
+// The class terms of ce at eps != 0 with its log split off: -log q_k = -log a_k - eps - log r_k,
+// of which sum_k u_k (-log a_k) = U log S - sum_k u_k (z_k - m) comes from the exp pass's sums and
+// sum_k u_k log r_k from the log of a product of the r_k (the loss field carries r_k), so the
+// class pass holds one division per class and no log. d_k = -w u_k r_k as class_terms forms it.
+template <class T>
+struct CeBiasedFactors {
+  T w;
+  T em1_inv_s;  // (e^eps - 1) / S: x_k = (e^eps - 1) e_k / S
+
+  template <class V>
+  RK_ELEM ClassTerms<V> operator()(V /*zm*/, V e, V u) const {
+    const V r = Ops<V>::reciprocal_one_plus(V(em1_inv_s) * e);  // 1 + x >= min(1, e^eps) > 0
+    const V zero(T(0));
+    return {r, zero - V(w) * u * r, zero, zero};
+  }
+};
+
+// soft_row of ce alone at eps != 0 on a Row of uniform coefficients: false (nothing written
+// that a later pass does not overwrite) where the split form would lose the loss, so that the
+// row takes the class pass with a log per class instead. Each r_k lies in [e^-eps, 1] (eps > 0)
+// or [1, e^-eps], so a product of 80 / |eps| vectors of them stays a normal float. For eps > 0
+// the two parts of -log q_k have opposite signs: where they cancel to below 1/16 of
+// sum u_k (-log a_k) (q_k -> 1 in most classes, eps far above log K), the split form is refused.
+template <class T, class Row>
+RK_HD bool ce_uniform_biased_passes(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others,
+                                    const TargetSums<T>& ts, bool need_grad, T scale, T& loss) {
+  const T abs_eps = s.eps < T(0) ? -s.eps : s.eps;
+  const int64_t group = abs_eps * T(64) < T(80) ? 64 : static_cast<int64_t>(T(80) / abs_eps);
+  if (group < 1) return false;
+  const T w = prm[kSlot_ce_weight];
+  const CeBiasedFactors<T> factors{w, s.em1 * s.inv_s};
+  const ClassSums<T> rest = row.class_log_product_sums(factors, group);
+  const T unbiased = ts.u_others * s.log_s - ts.u_zm;  // sum_{k != j*} u_k (-log a_k) >= 0
+  const T others_loss = unbiased - (s.eps * ts.u_others + rest.loss);
+  if (s.eps > T(0) && !(others_loss >= unbiased * T(0.0625))) return false;
+  const ClassTerms<T> star =
+      class_terms<false, true, 1u << kCE, true, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
+  if (need_grad) write_soft_grad(row, SoftClassD<CeBiasedFactors<T>>{factors}, s, others, star, rest, scale);
+  loss = w * others_loss + star.loss;
+  return true;
+}
+
 // The class pass and the gradient pass of soft_row, compiled for one (nce, biased) pair and,
 // where kMask is nonzero, for that mask alone.
 template <bool kNce, bool kBiased, unsigned kMask = 0, class T, class Row>
@@ -357,7 +410,8 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
   if (!(m > -infinity<T>() && m < infinity<T>())) return soft_nan_row<T>(row, need_grad);  // as nan_row
   const bool ce_unbiased = mask == (1u << kCE) && eps == T(0);
   const bool affine = (mask & ~kAffineTerms) == 0;
-  row.find_special(m, ce_unbiased ? kSumUZ : affine && eps == T(0) ? kSumUE : 0u);
+  const bool ce_uniform_biased = UniformCoefficientsRow<Row>::value && mask == (1u << kCE) && eps != T(0);
+  row.find_special(m, ce_unbiased || ce_uniform_biased ? kSumUZ : affine && eps == T(0) ? kSumUE : 0u);
   const TargetSums<T> ts = row.target_sums(m);
   if (ts.bad) return soft_nan_row<T>(row, need_grad);
   const T others = row.remember_exp(m);
@@ -394,6 +448,12 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     const T c = affine_coefficient(mask, prm, s.K);
     return s.biased ? affine_biased_passes(row, c, s, others, ts, need_grad, scale)
                     : affine_row(row, c, s, others, ts, need_grad, scale);
+  }
+  if constexpr (UniformCoefficientsRow<Row>::value) {
+    T loss = T(0);
+    if (ce_uniform_biased && ce_uniform_biased_passes(row, mask, prm, s, others, ts, need_grad, scale, loss)) {
+      return loss;
+    }
   }
   if constexpr (FoldsSingleTerm<Row>::value) {
     T loss = T(0);

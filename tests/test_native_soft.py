@@ -212,6 +212,26 @@ def test_float32_many_classes_small_and_large_biased_probabilities(loss, eps):
         _assert_close(got, want, TOL[torch.float32])
 
 
+def test_smoothed_ce_float32_biased_many_classes():
+    """Unweighted smoothing of ce at eps != 0 sums the classes' log r_k (r_k = 1 / (1 + x_k)) as
+    the log of a product of r_k, closed every 80 / |eps| vectors (every 4 at eps = -20). K = 1003
+    crosses many such products and leaves a tail of 3; row 1's label is its maximum, row 2 is
+    peaked. At eps = 10 the two parts of -log q_k cancel (q_k -> 1 in most classes: the loss is
+    1.4 % of sum_k -log a_k) and the row takes the class pass with a log per class instead."""
+    n, k = 5, 1003
+    z = _logits(n, k, torch.float32, scale=1.0)
+    z[2, 17] += 9.0
+    y = _labels(n, k)
+    y[1] = z[1].argmax()
+    up = torch.randn(n, generator=torch.Generator().manual_seed(5))
+    rows = torch.tensor([5.358, 10.0, -20.0, 0.25, -3.0], dtype=torch.float64)
+    for eps in (5.358, 0.25, -3.0, -20.0, 10.0, rows):
+        for alpha in (0.1, 1.0):
+            got = _native(z, y, "ce", eps, alpha=alpha, upstream=up)
+            want = _brute(z.double(), y, "ce", eps, alpha=alpha, upstream=up)
+            _assert_close(got, want, TOL[torch.float32])
+
+
 AFFINE_LOSSES = [
     name
     for name, spec in rk.LOSSES.items()

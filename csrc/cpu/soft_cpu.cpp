@@ -30,11 +30,16 @@ namespace {
 using at::vec::Vectorized;
 
 template <class T>
-Vectorized<T> zero_lane(const Vectorized<T>& v, int64_t lane) {
+Vectorized<T> with_lane(const Vectorized<T>& v, int64_t lane, T value) {
   T lanes[Vectorized<T>::size()];
   v.store(lanes);
-  lanes[lane] = T(0);
+  lanes[lane] = value;
   return Vectorized<T>::loadu(lanes);
+}
+
+template <class T>
+Vectorized<T> zero_lane(const Vectorized<T>& v, int64_t lane) {
+  return with_lane(v, lane, T(0));
 }
 
 // A row's class coefficients are u_k = base_k + extra [k == lane]: one lane may carry a share
@@ -57,6 +62,7 @@ template <class T>
 struct StoredCoefficients {
   using Vec = Vectorized<T>;
   static constexpr bool kNonzero = false;
+  static constexpr bool kUniform = false;
   T* u;
   bool bad_row = false;  // a negative or NaN probability, found while u was formed
 
@@ -75,6 +81,7 @@ template <class T>
 struct UniformCoefficients {
   using Vec = Vectorized<T>;
   static constexpr bool kNonzero = true;  // spread > 0: soft_rows_cpu uses it only then
+  static constexpr bool kUniform = true;
   T spread;  // alpha / K
   T keep;    // 1 - alpha
   int64_t label;
@@ -115,6 +122,7 @@ struct ProbabilityCoefficients {
   using Vec = Vectorized<T>;
   static constexpr int64_t kLanes = Vec::size();
   static constexpr bool kNonzero = false;
+  static constexpr bool kUniform = false;
   T* u;
   const T* t;
   int64_t stride;
@@ -176,6 +184,8 @@ struct SoftCpuRow {
   // one more compilation of the row's passes.
   static constexpr bool kFoldsSingleTerm = std::is_same_v<T, float> && std::is_same_v<scalar_t, float>;
   static constexpr bool kNonzeroCoefficients = Coefficients::kNonzero;
+  // class_log_product_sums: for the rows of kFoldsSingleTerm, whose passes it adds one more of.
+  static constexpr bool kUniformCoefficients = Coefficients::kUniform && kFoldsSingleTerm;
   const T* z;
   T* e;
   T* d;
@@ -345,6 +355,59 @@ struct SoftCpuRow {
       out.loss += c.loss;
       out.p += c.d + c.p_minus_d;
       out.b += c.b;
+    }
+    have_d = true;
+    return out;
+  }
+
+  // class_sums of terms whose `loss` is a positive factor f_k rather than a loss: its sum is
+  // sum_{k != j*} u_k log f_k, formed as the log of the factors' product (of `group` vectors at a
+  // time, the most whose product stays a normal float: the caller bounds the factors) rather than
+  // a log per class. The coefficients are uniform but for the extra lane.
+  template <class F>
+  ClassSums<T> class_log_product_sums(const F& terms, int64_t group) {
+    const F f = terms;
+    const Coefficients u = coefficients;
+    const T m = max_value;
+    const T *zr = z, *er = e;
+    T* dr = d;
+    const int64_t n = K, star = special;
+    const Vec one(T(1));
+    Vec product = one, acc_log(T(0)), acc_p(T(0));
+    int64_t j = 0, in_group = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      ClassTerms<Vec> c = f(Vec::loadu(zr + j) - Vec(m), Vec::loadu(er + j), u.base(j));
+      c.d.store(dr + j);
+      Vec p = c.d + c.p_minus_d;
+      if (star >= j && star < j + kLanes) {
+        c.loss = with_lane(c.loss, star - j, T(1));
+        p = zero_lane(p, star - j);
+      }
+      product = product * c.loss;
+      if (++in_group == group) {
+        acc_log = acc_log + Ops<Vec>::log(product);
+        product = one;
+        in_group = 0;
+      }
+      acc_p = acc_p + p;
+    }
+    T log_factors = lane_sum(acc_log + Ops<Vec>::log(product));
+    ClassSums<T> out{T(0), lane_sum(acc_p), T(0)};
+    for (; j < n; ++j) {
+      const ClassTerms<T> c = f(zr[j] - m, er[j], u.base_one(j));
+      dr[j] = c.d;
+      if (j == star) continue;
+      log_factors += Ops<T>::log(c.loss);
+      out.p += c.d + c.p_minus_d;
+    }
+    out.loss = u.base_one(0) * log_factors;
+    const ExtraLane<T> extra = u.extra();
+    if (extra.lane >= 0 && extra.lane != star) {
+      const int64_t y = extra.lane;
+      const ClassTerms<T> c = f(zr[y] - m, er[y], extra.value);
+      dr[y] += c.d;
+      out.loss += extra.value * Ops<T>::log(c.loss);
+      out.p += c.d + c.p_minus_d;
     }
     have_d = true;
     return out;
