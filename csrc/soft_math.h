@@ -305,6 +305,37 @@ RK_HD bool ce_uniform_biased_passes(Row& row, unsigned mask, const T* prm, const
   return true;
 }
 
+// The class terms of gce alone at eps = 0 without its log and expm1: with E_k = exp(q (z_k - m)),
+// a_k^q = S^-q E_k, so d_k = -w u_k a_k^q = c u_k E_k (c = -w S^-q) and u_k l_k = (w / q) u_k +
+// d_k / q. The loss field carries d_k / q; gce_unbiased_passes adds (w / q) sum_{k != j*} u_k.
+// That sum cancels little: a class k != j* has a_k <= 1/2, so 1 - a_k^q >= 1 - 2^-q, and for
+// q >= 1/8 (kMinPowerQ) at most a factor 12 of fp32 is lost.
+template <class T>
+struct GceUnbiasedTerms {
+  static constexpr double kMinPowerQ = 0.125;
+  T q, inv_q, c;
+
+  template <class V>
+  RK_ELEM ClassTerms<V> operator()(V zm, V /*e*/, V u) const {
+    const V d = V(c) * u * Ops<V>::exp_shifted(V(q) * zm);  // q (z - m) <= 0
+    const V zero(T(0));
+    return {d * V(inv_q), d, zero, zero};
+  }
+};
+
+template <class T, class Row>
+RK_HD T gce_unbiased_passes(Row& row, unsigned mask, const T* prm, const SoftScalars<T>& s, T others,
+                            const TargetSums<T>& ts, bool need_grad, T scale) {
+  const T w = prm[kSlot_gce_weight], q = prm[kSlot_gce_q];
+  const GceUnbiasedTerms<T> terms{q, T(1) / q, -w * Ops<T>::exp(-q * s.log_s)};
+  const ClassSums<T> rest = row.class_sums(terms);
+  constexpr bool kNonzeroU = NonzeroCoefficients<Row>::value;
+  const ClassTerms<T> star =
+      class_terms<false, false, 1u << kGCE, kNonzeroU, T>(mask, prm, s, T(0), T(1), others * s.inv_s, ts.u_star);
+  if (need_grad) write_soft_grad(row, SoftClassD<GceUnbiasedTerms<T>>{terms}, s, others, star, rest, scale);
+  return (w / q) * ts.u_others + rest.loss + star.loss;
+}
+
 // The class pass and the gradient pass of soft_row, compiled for one (nce, biased) pair and,
 // where kMask is nonzero, for that mask alone.
 template <bool kNce, bool kBiased, unsigned kMask = 0, class T, class Row>
@@ -456,6 +487,9 @@ RK_HD T soft_row(Row& row, unsigned mask, const T* prm, T eps, bool need_grad, T
     }
   }
   if constexpr (FoldsSingleTerm<Row>::value) {
+    if (mask == (1u << kGCE) && !s.biased && prm[kSlot_gce_q] >= T(GceUnbiasedTerms<T>::kMinPowerQ)) {
+      return gce_unbiased_passes(row, mask, prm, s, others, ts, need_grad, scale);
+    }
     T loss = T(0);
     const SingleTermPrimitives single;
     if (!s.nce && (s.biased ? single_term_passes<true>(single, row, mask, prm, s, others, ts, need_grad, scale, loss)

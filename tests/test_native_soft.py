@@ -232,6 +232,31 @@ def test_smoothed_ce_float32_biased_many_classes():
             _assert_close(got, want, TOL[torch.float32])
 
 
+@pytest.mark.parametrize("q", [0.125, 0.1, 0.7, 1.0])
+def test_gce_float32_at_eps_zero_against_its_formula(q):
+    """gce alone at eps = 0 (q >= 1/8) has a class pass without log or expm1: a_k^q = S^-q
+    exp(q (z_k - m)), its loss (w / q) U + sum_k d_k / q. Against (1 - p^q) / q in float64 (the
+    authors' form), with a row peaked on its label, one peaked off it, label smoothing and a
+    probability target; q = 0.1 takes the class pass with expm1."""
+    n, k = 6, 301
+    z = _logits(n, k, torch.float32, scale=2.0)
+    z[0, 3] += 20.0
+    z[1, 7] += 20.0
+    y = _labels(n, k)
+    y[0] = 3
+    t = _probabilities(n, k).float()
+    up = torch.randn(n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for target, alpha in ((y, 0.1), (t, 0.0), (t, 0.3)):
+        x = z.clone().requires_grad_()
+        got = rk.robust_loss(x, target, "gce", q=q, label_smoothing=alpha, reduction="none", backend="native")
+        (got * up.float()).sum().backward()
+        z64 = z.double().requires_grad_()
+        u, _ = _coefficients(target, k, None, alpha, -100)
+        want = (u * (1 - torch.softmax(z64, 1) ** q) / q).sum(1)
+        (grad,) = torch.autograd.grad((want * up).sum(), z64)
+        _assert_close((got.detach(), x.grad), (want.detach(), grad), TOL[torch.float32])
+
+
 AFFINE_LOSSES = [
     name
     for name, spec in rk.LOSSES.items()
