@@ -64,6 +64,7 @@ struct CpuRow {
     int64_t j = 0;
     for (; j + kLanes <= K; j += kLanes) {
       prefetch_line(next, j);
+      prefetch_line_for_write(grad, j);
       Vec e = f(Vec::loadu(a + j));
       e.store(cache + j);
       if (j == label_block) {

@@ -236,6 +236,7 @@ struct SoftCpuRow {
       } else {
         prefetch_line(next, j);
       }
+      prefetch_line_for_write(grad, j);
       const Vec zm = Vec::loadu(z + j) - Vec(m);
       Vec uv = coefficients.load(j);
       Vec ev = Ops<Vec>::exp_shifted(zm);

@@ -84,6 +84,15 @@ RK_ELEM void prefetch_line(const scalar_t* p, int64_t j) {
   if (p != nullptr && (j * static_cast<int64_t>(sizeof(scalar_t))) % 64 == 0) __builtin_prefetch(p + j, 0, 3);
 }
 
+// The same for a line the pass after next will write (the row's gradient): asked for with the
+// intent to write while an arithmetic-bound pass runs, the line is in the cache when the
+// gradient pass stores to it, where each store would otherwise wait on the line's read from
+// memory that a store to a line not in the cache needs.
+template <class scalar_t>
+RK_ELEM void prefetch_line_for_write(scalar_t* p, int64_t j) {
+  if (p != nullptr && (j * static_cast<int64_t>(sizeof(scalar_t))) % 64 == 0) __builtin_prefetch(p + j, 1, 3);
+}
+
 // The sum of the lanes, from lane 0 up.
 template <class T>
 T lane_sum(const at::vec::Vectorized<T>& v) {
