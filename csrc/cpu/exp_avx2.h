@@ -107,7 +107,7 @@ RK_AVX_INLINE __m256 expm1_avx2(__m256 x) { return expm1_given_exp_avx2(x, exp_a
 
 // 1 / (1 + x) for 8 floats, x > -1 (the soft rows' x_k = (e^eps - 1) a_k, a_k <= 1). Where
 // every |x| < 1/16, the geometric series 1 - x + x^2 - ... + x^6, truncated below |x|^7 = 3.7e-9
-// (0.06 ulp): the division's throughput bounds the soft class pass of mae and ce otherwise.
+// (0.06 ulp): in class_terms' pass, full of FMAs, the division's throughput bounds it otherwise.
 RK_AVX_INLINE __m256 reciprocal_one_plus_avx2(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   if (!all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) {
