@@ -102,10 +102,15 @@ struct Ops<float> {
   static RK_HD float expm1_given_exp(float x, float /*e*/) { return ::expm1f(x); }
   static RK_HD float reciprocal_one_plus(float x) { return 1.0f / (1.0f + x); }
   static RK_HD float log1p(float x) { return ::log1pf(x); }
-  // log q of a soft row's biased class, q = e^eps a / (1 + x), x = (e^eps - 1) a, given log a and
-  // q: log a + (eps - log1p(x)) (a vector backend may take log q itself where x is large).
-  static RK_HD float log_biased(float log_a, float eps, float x, float /*q*/) {
-    return log_a + (eps - ::log1pf(x));
+  // log q of a soft row's biased class, q = e^eps a / (1 + x), x = (e^eps - 1) a, given log a, q
+  // and 1 - q = (1 - a) / (1 + x): log a + (eps - log1p(x)) (a vector backend may take log q
+  // itself where x is large), and for q > 3/4 -log1p((1 - q) / q) (1 / q = 1 + (1 - q) / q):
+  // there log q is small and either other form keeps only the absolute error of its rounding
+  // (of eps and log a, or of q), which at a large eps is most of a likely class's loss. Below
+  // 3/4, |log q| > 0.29: the few ulp of relative error in q (mostly the exp's, through a) grow
+  // at most 3.5-fold in log q.
+  static RK_HD float log_biased(float log_a, float eps, float x, float q, float one_minus_q) {
+    return q > 0.75f ? -::log1pf(one_minus_q / q) : log_a + (eps - ::log1pf(x));
   }
   // NaN-propagating: a NaN logit must poison the row, never be clamped away.
   static RK_HD float max(float a, float b) { return (a != a || a > b) ? a : b; }
@@ -125,8 +130,8 @@ struct Ops<double> {
   static RK_HD double expm1_given_exp(double x, double /*e*/) { return ::expm1(x); }
   static RK_HD double reciprocal_one_plus(double x) { return 1.0 / (1.0 + x); }
   static RK_HD double log1p(double x) { return ::log1p(x); }
-  static RK_HD double log_biased(double log_a, double eps, double x, double /*q*/) {
-    return log_a + (eps - ::log1p(x));
+  static RK_HD double log_biased(double log_a, double eps, double x, double q, double one_minus_q) {
+    return q > 0.75 ? -::log1p(one_minus_q / q) : log_a + (eps - ::log1p(x));
   }
   static RK_HD double max(double a, double b) { return (a != a || a > b) ? a : b; }
   static RK_HD double clamp_min(double x, double low) { return x < low ? low : x; }

@@ -121,15 +121,15 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
     // log_biased reads q too; nce's log q comes from log r instead.
     constexpr unsigned kReadsQ = kNce ? kNeedsProbability : kNeedsProbability | kNeedsLog;
     if ((mask & kReadsQ) != 0) q = V(s.exp_eps) * a * r;
+    if ((mask & kReadsQ) != 0) omq = one_minus_a * r;
     if ((mask & kNeedsLog) != 0) {
       if constexpr (kNce) {  // nce reads log r itself
         lr = zero - O::log1p(x);
         lq = lq + (V(s.eps) + lr);
       } else {
-        lq = O::log_biased(lq, s.eps, x, q);
+        lq = O::log_biased(lq, s.eps, x, q, omq);
       }
     }
-    if ((mask & kNeedsProbability) != 0) omq = one_minus_a * r;
   }
   V loss = zero, pm = zero;
   LabelTerms<T, V> terms{loss, pm, s.K, lq, q, omq};

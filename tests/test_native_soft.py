@@ -196,12 +196,14 @@ def test_reduced_precision(loss, dtype):
     assert got[1].dtype == dtype and got[0].dtype == torch.float32
 
 
-@pytest.mark.parametrize("loss", ["ce", "mae", "gce", "agce", "rce", "nce_mae"])
-@pytest.mark.parametrize("eps", [0.5, 1.0, 5.0])
+@pytest.mark.parametrize("loss", ["ce", "mae", "gce", "agce", "rce", "nce_mae", "focal"])
+@pytest.mark.parametrize("eps", [0.5, 1.0, 5.0, 16.0])
 def test_float32_many_classes_small_and_large_biased_probabilities(loss, eps):
     # K = 301 at logit scale 1: x_k = (e^eps - 1) a_k stays below 1/16 in most vectors at eps <= 1
     # (the series branches of the AVX2 log1p, 1 / (1 + x) and expm1) and not at eps = 5, where
-    # the full functions run; one peaked row mixes both within a row.
+    # the full functions run; one peaked row mixes both within a row. At eps = 16 most q_k are
+    # near 1, where log q is small: the loss is 1e-5 of what it is at eps = 0, and log q of the
+    # rounded q would keep only the rounding's absolute error of it.
     z = _logits(6, 301, torch.float32, scale=1.0)
     z[0, 17] += 9.0
     t, y = _probabilities(6, 301).float(), _labels(6, 301)
@@ -210,26 +212,31 @@ def test_float32_many_classes_small_and_large_biased_probabilities(loss, eps):
         got = _native(z, target, loss, eps, alpha=alpha, upstream=up)
         want = _brute(z.double(), target, loss, eps, alpha=alpha, upstream=up)
         _assert_close(got, want, TOL[torch.float32])
+        # Relative to each row's own loss, however small: _assert_close's absolute floor of
+        # 2e-5 would pass a loss of 1e-5 that is 100 % off.
+        torch.testing.assert_close(got[0].double(), want[0], rtol=TOL[torch.float32], atol=0)
 
 
 def test_smoothed_ce_float32_biased_many_classes():
     """Unweighted smoothing of ce at eps != 0 sums the classes' log r_k (r_k = 1 / (1 + x_k)) as
     the log of a product of r_k, closed every 80 / |eps| vectors (every 4 at eps = -20). K = 1003
     crosses many such products and leaves a tail of 3; row 1's label is its maximum, row 2 is
-    peaked. At eps = 10 the two parts of -log q_k cancel (q_k -> 1 in most classes: the loss is
-    1.4 % of sum_k -log a_k) and the row takes the class pass with a log per class instead."""
+    peaked. At eps = 10 and 16 the two parts of -log q_k cancel (q_k -> 1 in most classes: the
+    loss is 1.4 % and 3e-5 of sum_k -log a_k) and the row takes the class pass with a log per
+    class instead (the split form is 4e-3 off at eps = 16)."""
     n, k = 5, 1003
     z = _logits(n, k, torch.float32, scale=1.0)
     z[2, 17] += 9.0
     y = _labels(n, k)
     y[1] = z[1].argmax()
     up = torch.randn(n, generator=torch.Generator().manual_seed(5))
-    rows = torch.tensor([5.358, 10.0, -20.0, 0.25, -3.0], dtype=torch.float64)
-    for eps in (5.358, 0.25, -3.0, -20.0, 10.0, rows):
+    rows = torch.tensor([5.358, 16.0, -20.0, 0.25, -3.0], dtype=torch.float64)
+    for eps in (5.358, 0.25, -3.0, -20.0, 10.0, 16.0, rows):
         for alpha in (0.1, 1.0):
             got = _native(z, y, "ce", eps, alpha=alpha, upstream=up)
             want = _brute(z.double(), y, "ce", eps, alpha=alpha, upstream=up)
             _assert_close(got, want, TOL[torch.float32])
+            torch.testing.assert_close(got[0].double(), want[0], rtol=TOL[torch.float32], atol=0)
 
 
 @pytest.mark.parametrize("q", [0.125, 0.1, 0.7, 1.0])
