@@ -47,6 +47,10 @@ int main() {
   measure("exp_avx2", rk::exp_avx2, exp, -87.0, 88.0, 1e-4);
   measure("exp_nonpositive_avx2", rk::exp_nonpositive_avx2, exp, -87.0, 0.0, 1e-4);
   measure("expm1_avx2", rk::expm1_avx2, expm1, -20.0, 20.0, 1e-5);
+  measure("exp_expm1_nonpositive_avx2 (exp)", [](__m256 x) { return rk::exp_expm1_nonpositive_avx2(x).exp; }, exp,
+          -87.0, 0.0, 1e-4);
+  measure("exp_expm1_nonpositive_avx2 (expm1)", [](__m256 x) { return rk::exp_expm1_nonpositive_avx2(x).expm1; },
+          expm1, -20.0, 0.0, 1e-5);
   measure("log_avx2", rk::log_avx2, log, 1e-45, 3e38, 1.0 + 1e-5, true);
   measure("log1p_avx2", rk::log1p_avx2, log1p, -1.0 + 1e-7, 1.0, 1e-6);
   measure("log1p_avx2 (series)", rk::log1p_avx2, log1p, -1.0 / 16.0, 1.0 / 16.0, 1e-8);
@@ -58,5 +62,7 @@ int main() {
   specials("log_avx2", rk::log_avx2, {0.0f, -0.0f, -1.0f, INFINITY, NAN, 1.0f, 1e-45f, 1.17549435e-38f});
   specials("log1p_avx2", rk::log1p_avx2, {-1.0f, -2.0f, 0.0f, -0.0f, INFINITY, NAN, 1e-30f, -1e-30f});
   specials("expm1_avx2", rk::expm1_avx2, {-INFINITY, INFINITY, NAN, 0.0f, -0.0f, 1e-30f, -90.0f, 89.0f});
+  specials("exp_expm1_nonpositive_avx2 (expm1)", [](__m256 x) { return rk::exp_expm1_nonpositive_avx2(x).expm1; },
+           {-INFINITY, -88.0f, -87.3f, -1e-30f, 0.0f, -0.0f, -1.0f, -1e-7f});
   return 0;
 }

@@ -90,6 +90,12 @@ inline void load_slots(const double* params, T* prm) {
 template <class V>
 struct Ops;
 
+// e^x and e^x - 1 of one x (Ops<V>::exp_expm1_nonpositive).
+template <class V>
+struct ExpExpm1 {
+  V exp, expm1;
+};
+
 template <>
 struct Ops<float> {
   static RK_HD float exp(float x) { return ::expf(x); }
@@ -98,8 +104,8 @@ struct Ops<float> {
   static RK_HD float exp_shifted(float x) { return ::expf(x); }
   static RK_HD float log(float x) { return ::logf(x); }
   static RK_HD float expm1(float x) { return ::expm1f(x); }
-  // expm1(x) given e = exp(x) (a vector backend may form it from e where |x| is large).
-  static RK_HD float expm1_given_exp(float x, float /*e*/) { return ::expm1f(x); }
+  // e^x and e^x - 1 for x in [-inf, 0] (a vector backend forms both from one range reduction).
+  static RK_HD ExpExpm1<float> exp_expm1_nonpositive(float x) { return {::expf(x), ::expm1f(x)}; }
   static RK_HD float reciprocal_one_plus(float x) { return 1.0f / (1.0f + x); }
   static RK_HD float log1p(float x) { return ::log1pf(x); }
   // log q of a soft row's biased class, q = e^eps a / (1 + x), x = (e^eps - 1) a, given log a, q
@@ -127,7 +133,7 @@ struct Ops<double> {
   static RK_HD double exp_shifted(double x) { return ::exp(x); }
   static RK_HD double log(double x) { return ::log(x); }
   static RK_HD double expm1(double x) { return ::expm1(x); }
-  static RK_HD double expm1_given_exp(double x, double /*e*/) { return ::expm1(x); }
+  static RK_HD ExpExpm1<double> exp_expm1_nonpositive(double x) { return {::exp(x), ::expm1(x)}; }
   static RK_HD double reciprocal_one_plus(double x) { return 1.0 / (1.0 + x); }
   static RK_HD double log1p(double x) { return ::log1p(x); }
   static RK_HD double log_biased(double log_a, double eps, double x, double q, double one_minus_q) {
@@ -264,10 +270,9 @@ struct LabelTerms {
   RK_ELEM void gce(T w, T q) {  // (1 - p_y^q) / q
     // q log p_y <= 0 (q > 0; log p_y > 0 only by a rounding, far below overflow), never NaN in
     // a row that gets here: the exp of a softmax shift, without exp's overflow handling.
-    const V q_lpy = V(q) * lpy;
-    const V pq = O::exp_shifted(q_lpy);
-    loss = loss + V(-w / q) * O::expm1_given_exp(q_lpy, pq);
-    pm = pm + V(w) * pq;
+    const ExpExpm1<V> pq = O::exp_expm1_nonpositive(V(q) * lpy);
+    loss = loss + V(-w / q) * pq.expm1;
+    pm = pm + V(w) * pq.exp;
   }
   RK_ELEM void agce(T w, T a, T q) {
     // (a+1)^q - (a+p)^q = -(a+1)^q expm1(q l), l = log((a+p)/(a+1)): no cancellation near

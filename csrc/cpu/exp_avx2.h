@@ -68,6 +68,39 @@ RK_AVX_INLINE __m256 exp_nonpositive_avx2(__m256 x) {
   return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
 }
 
+// e^x and e^x - 1 for 8 floats, x in [-inf, 0] (exp_nonpositive_avx2's domain, a rounding above
+// 0 included), from one range reduction: x = n ln2 + r, e^r - 1 = r P(r) with P the Taylor
+// polynomial of (e^r - 1) / r to degree 6 (truncated below |r|^7 / 8! = 4.3e-8 relative), and
+//   e^x = 2^n (1 + (e^r - 1)),   e^x - 1 = 2^n (e^r - 1) + (2^n - 1),
+// 2^n - 1 exact for n >= -24. The second sum cancels little: for n = 0 it is e^r - 1 itself, and
+// for n <= -1 its value is below -0.29 where its terms are at most 0.5 and 0.21 in magnitude. So
+// gce's 1 - p^q = -(p^q - 1) costs its exp and two operations, where a separate expm1 took a
+// polynomial of its own wherever |q log p| < 1 (every likely class). No branch to exp and e - 1
+// for vectors of x <= -1 only: at eps(1000) the vectors of a row mix both, and the branch cost
+// more than it saved (measured in gce's soft class pass).
+struct ExpExpm1Avx2 {
+  __m256 exp, expm1;
+};
+RK_AVX_INLINE ExpExpm1Avx2 exp_expm1_nonpositive_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 lo = _mm256_set1_ps(-87.33654475f);  // ln(FLT_MIN)
+  const __m256 xc = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);  // ln2 as in exp_reduced_avx2
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  static constexpr float kInverseFactorials[] = {1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f,
+                                                 1.0f / 24.0f,   1.0f / 6.0f,   0.5f};
+  __m256 p = _mm256_set1_ps(kInverseFactorials[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kInverseFactorials[i]));
+  const __m256 r_minus = _mm256_mul_ps(_mm256_fmadd_ps(p, r, one), r);  // e^r - 1
+  const __m256 scale = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  const __m256 e = _mm256_blendv_ps(_mm256_fmadd_ps(scale, r_minus, scale), _mm256_setzero_ps(), under);
+  const __m256 em1 = _mm256_fmadd_ps(scale, r_minus, _mm256_sub_ps(scale, one));
+  return {e, _mm256_blendv_ps(em1, _mm256_set1_ps(-1.0f), under)};
+}
+
 RK_AVX_INLINE __m256 abs_avx2(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
 
 // Which lanes of |x| are below bound (NaN is not): the branch of the functions below that skip a
@@ -83,9 +116,8 @@ RK_AVX_INLINE bool all_below_avx2(__m256 abs_x, float bound) { return lanes_belo
 // x^9/11!) for |x| < 1, whose truncation is below |x|^12/12! = 2.1e-9 (3.3e-9 relative at x =
 // -1), and e - 1 beyond, where the subtraction cancels at most a factor e/(e - 1) = 1.6 of
 // exp_avx2's error (about 4.3 ulp at x = 1, less further out). A vector with no |x| < 1 skips the
-// polynomial: gce's soft class pass evaluates exp(q log q_k) and its expm1 per class, where
-// q log q_k is far below -1 for all but the likeliest classes. NaN, +-inf and underflow as
-// exp_avx2.
+// polynomial. NaN, +-inf and underflow as exp_avx2. (For x <= 0 with e^x wanted too,
+// exp_expm1_nonpositive_avx2 forms both from one reduction.)
 RK_AVX_INLINE __m256 expm1_given_exp_avx2(__m256 x, __m256 e) {
   const __m256 large = _mm256_sub_ps(e, _mm256_set1_ps(1.0f));
   const __m256 abs_x = abs_avx2(x);

@@ -41,12 +41,14 @@ struct Ops<at::vec::Vectorized<T>> {
 #endif
     return x.expm1();
   }
-  RK_ELEM static V expm1_given_exp(const V& x, const V& e) {
+  RK_ELEM static ExpExpm1<V> exp_expm1_nonpositive(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
-    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(expm1_given_exp_avx2(x, e));
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) {
+      const ExpExpm1Avx2 both = exp_expm1_nonpositive_avx2(x);
+      return {V(both.exp), V(both.expm1)};
+    }
 #endif
-    (void)e;
-    return x.expm1();
+    return {x.exp(), x.expm1()};
   }
   RK_ELEM static V log1p(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
