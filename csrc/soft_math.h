@@ -117,15 +117,25 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
   V q = a, omq = one_minus_a, r(T(1)), lr = zero, x = zero;
   if constexpr (kBiased) {
     x = V(s.em1) * a;
-    r = O::reciprocal_one_plus(x);  // 1 + x >= min(1, e^eps) > 0
+    // The lane j* (the one call with V = T) alone may have a > 1/2. At eps < 0 its 1 + x = 1 -
+    // (1 - e^eps) a cancels as a -> 1 (to 0 or below at eps = -19: an infinite loss), where
+    // (1 - a) + e^eps a, both terms >= 0, keeps it to the accuracy of 1 - a; log r with it.
+    constexpr bool kStar = std::is_same_v<V, T>;
+    const bool split = kStar && s.eps < T(0);
+    const V one_plus_x = split ? one_minus_a + V(s.exp_eps) * a : V(T(1)) + x;
+    r = split ? V(T(1)) / one_plus_x : O::reciprocal_one_plus(x);  // 1 + x >= min(1, e^eps) > 0
     // log_biased reads q too; nce's log q comes from log r instead.
     constexpr unsigned kReadsQ = kNce ? kNeedsProbability : kNeedsProbability | kNeedsLog;
     if ((mask & kReadsQ) != 0) q = V(s.exp_eps) * a * r;
     if ((mask & kReadsQ) != 0) omq = one_minus_a * r;
     if ((mask & kNeedsLog) != 0) {
+      const V log1p_x = split ? O::log(one_plus_x) : O::log1p(x);
       if constexpr (kNce) {  // nce reads log r itself
-        lr = zero - O::log1p(x);
+        lr = zero - log1p_x;
         lq = lq + (V(s.eps) + lr);
+      } else if (split) {
+        // As Ops<T>::log_biased, with log1p(x) from the sum above.
+        lq = O::select_gt(q, V(T(0.75)), zero - O::log1p(omq / q), lq + (V(s.eps) - log1p_x));
       } else {
         lq = O::log_biased(lq, s.eps, x, q, omq);
       }
@@ -413,7 +423,9 @@ struct AffineClassTerms {
   template <class V>
   RK_ELEM ClassTerms<V> with_one_minus_a(V e, V one_minus_a, V u) const {
     const V a = e * V(s.inv_s);
-    const V r = V(T(1)) / (V(T(1)) + V(s.em1) * a);  // a division, as in CeBiasedFactors
+    // A division, as in CeBiasedFactors; 1 + x as (1 - a) + e^eps a, which does not cancel at
+    // eps << 0 for the lane j* (a -> 1), as 1 + (e^eps - 1) a does (class_terms).
+    const V r = V(T(1)) / (one_minus_a + V(s.exp_eps) * a);
     const V ur = u * r;
     const V zero(T(0));
     return {V(c) * (one_minus_a * ur), zero - V(c_exp_eps) * (a * r) * ur, zero, zero};

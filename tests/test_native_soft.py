@@ -217,6 +217,25 @@ def test_float32_many_classes_small_and_large_biased_probabilities(loss, eps):
         torch.testing.assert_close(got[0].double(), want[0], rtol=TOL[torch.float32], atol=0)
 
 
+@pytest.mark.parametrize("loss", ["mae", "rce", "agce", "ce", "gce", "nce_mae"])
+def test_float32_large_negative_eps_on_a_confident_row(loss):
+    """At eps << 0 the likeliest class's 1 + x = 1 - (1 - e^eps) a cancels as a -> 1 (to 0 or
+    below at eps = -19: an infinite loss); (1 - a) + e^eps a does not. Rows of 3 to 31 classes,
+    one confident, with label smoothing and a probability target."""
+    for k in (3, 31):
+        z = _logits(4, k, torch.float32, scale=3.0)
+        z[0, 0] += 12.0
+        z[1, 1] += 6.0
+        y, t = _labels(4, k), _probabilities(4, k).float()
+        up = torch.randn(4, generator=torch.Generator().manual_seed(5))
+        for eps in (-12.0, -19.0):
+            for target, alpha in ((y, 0.1), (t, 0.0), (t, 1.0)):
+                got = _native(z, target, loss, eps, alpha=alpha, upstream=up)
+                want = _brute(z.double(), target, loss, eps, alpha=alpha, upstream=up)
+                _assert_close(got, want, TOL[torch.float32])
+                torch.testing.assert_close(got[0].double(), want[0], rtol=TOL[torch.float32], atol=0)
+
+
 def test_smoothed_ce_float32_biased_many_classes():
     """Unweighted smoothing of ce at eps != 0 sums the classes' log r_k (r_k = 1 / (1 + x_k)) as
     the log of a product of r_k, closed every 80 / |eps| vectors (every 4 at eps = -20). K = 1003
