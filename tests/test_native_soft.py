@@ -236,6 +236,21 @@ def test_float32_large_negative_eps_on_a_confident_row(loss):
                 torch.testing.assert_close(got[0].double(), want[0], rtol=TOL[torch.float32], atol=0)
 
 
+@pytest.mark.parametrize("k", [2, 3, 64])
+def test_float32_focal_of_classes_biased_to_certainty(k):
+    """A class biased to q_k = 1 in float32 (logit scale 10, eps = 5.358 and 19.5): log q of the
+    rounded q came out >= 0, 1 - q = -expm1(log q) below 0, and focal's (1 - q)^gamma NaN; log q
+    is -log1p((1 - q) / q) there."""
+    z = _logits(5, k, torch.float32, scale=10.0)
+    y, t = _labels(5, k), _probabilities(5, k).float()
+    for eps in (5.358, 19.5):
+        for target, alpha in ((y, 0.5), (t, 0.0)):
+            got = _native(z, target, "focal", eps, alpha=alpha)
+            want = _brute(z.double(), target, "focal", eps, alpha=alpha)
+            _assert_close(got, want, TOL[torch.float32])
+            torch.testing.assert_close(got[0].double(), want[0], rtol=TOL[torch.float32], atol=0)
+
+
 def test_smoothed_ce_float32_biased_many_classes():
     """Unweighted smoothing of ce at eps != 0 sums the classes' log r_k (r_k = 1 / (1 + x_k)) as
     the log of a product of r_k, closed every 80 / |eps| vectors (every 4 at eps = -20). K = 1003
