@@ -117,11 +117,13 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
   V q = a, omq = one_minus_a, r(T(1)), lr = zero, x = zero;
   if constexpr (kBiased) {
     x = V(s.em1) * a;
-    // The lane j* (the one call with V = T) alone may have a > 1/2. At eps < 0 its 1 + x = 1 -
-    // (1 - e^eps) a cancels as a -> 1 (to 0 or below at eps = -19: an infinite loss), where
-    // (1 - a) + e^eps a, both terms >= 0, keeps it to the accuracy of 1 - a; log r with it.
-    constexpr bool kStar = std::is_same_v<V, T>;
-    const bool split = kStar && s.eps < T(0);
+    // Only the lane j* can have a > 1/2 (a Row's vector passes leave it to a call with V = T;
+    // the CUDA rows call with V = T for every lane). At eps < 0 its 1 + x = 1 - (1 - e^eps) a
+    // cancels as a -> 1 (to 0 or below at eps = -19: an infinite loss), where (1 - a) + e^eps a,
+    // both terms >= 0, keeps it to the accuracy of 1 - a; log r with it. Below 1/2, 1 + x >= 1/2
+    // and log1p keeps a small x exact.
+    bool split = false;
+    if constexpr (std::is_same_v<V, T>) split = s.eps < T(0) && a > T(0.5);
     const V one_plus_x = split ? one_minus_a + V(s.exp_eps) * a : V(T(1)) + x;
     r = split ? V(T(1)) / one_plus_x : O::reciprocal_one_plus(x);  // 1 + x >= min(1, e^eps) > 0
     // log_biased reads q too; nce's log q comes from log r instead.

@@ -200,6 +200,28 @@ def test_expected_loss_is_the_brute_force(backend, loss, setting):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", ["ce", "mae", "rce", "focal"])
+@pytest.mark.parametrize("eps", [-19.0, 16.0])
+def test_expected_loss_of_a_confident_row_at_an_extreme_eps(backend, loss, eps):
+    """At eps = -19 the likeliest class's 1 + (e^eps - 1) a cancels as a -> 1 (an infinite rce
+    loss where it was formed so); at eps = 16 most q_k are near 1, where log q of the rounded q
+    keeps only its rounding. Each row's loss relative to itself, and the gradient."""
+    g = torch.Generator().manual_seed(3)
+    spec = rk.LOSSES[loss]
+    params = {p.name: p.default for p in spec.params}
+    for k in (3, 7):
+        logits = 3 * torch.randn(4, k, generator=g)
+        logits[0, 0] += 12.0
+        for target, alpha in ((torch.randint(0, k, (4,), generator=g), 0.1), (torch.rand(4, k, generator=g), 0.0)):
+            upstream = torch.randn(4, generator=g)
+            kwargs = dict(label_smoothing=alpha, reduction="none", epsilon=eps)
+            got = _loss_and_grad(logits, target, spec, upstream, backend=backend, **kwargs, **params)
+            want = _brute_force(logits, target, spec, eps, None, alpha, -100, "none", upstream, params)
+            torch.testing.assert_close(got[0].double(), want[0], rtol=2e-5, atol=0, msg=f"{backend} {loss} loss")
+            _close(got[1], want[1], 2e-5, f"{backend} {loss} gradient")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("loss", ["nfl", "bitemp", "ngce_mae", "nce_agce"])
 def test_class_weights_alone_work_for_every_loss(backend, loss):
     """Integer targets with weight= and no smoothing: row i weighted by w[y_i], mean by the sum of

@@ -120,8 +120,15 @@ def _row_values(stats, eps, num_classes, invalid):
 @triton.jit
 def _own_bias(log_a, eps, em1):
     """``(log r, log q)`` of every class with its own bias."""
-    log_r = -log1p(em1[:, None] * tl.exp(log_a))
-    one_minus_q = -expm1(log_a) * tl.exp(log_r)  # 1 - q = (1 - a) r
+    a = tl.exp(log_a)
+    one_minus_a = -expm1(log_a)
+    # 1 + x = 1 + (e^eps - 1) a cancels as a -> 1 at eps << 0 (to 0 at eps = -19: an infinite
+    # loss); (1 - a) + e^eps a does not. Only the row's likeliest class can have a > 1/2, and
+    # elsewhere log1p keeps a small x exact.
+    split = (a > 0.5) & (eps[:, None] < 0.0)
+    one_plus_x = tl.where(split, one_minus_a + tl.exp(eps[:, None]) * a, 1.0)  # 1: no log of another lane
+    log_r = -tl.where(split, tl.log(one_plus_x), log1p(em1[:, None] * a))
+    one_minus_q = one_minus_a * tl.exp(log_r)  # 1 - q = (1 - a) r
     direct = (eps[:, None] + log_a) + log_r
     return log_r, tl.where(one_minus_q < 0.5, log1p(-one_minus_q), direct)
 
