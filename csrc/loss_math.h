@@ -116,7 +116,11 @@ struct Ops<float> {
   // 3/4, |log q| > 0.29: the few ulp of relative error in q (mostly the exp's, through a) grow
   // at most 3.5-fold in log q.
   static RK_HD float log_biased(float log_a, float eps, float x, float q, float one_minus_q) {
-    return q > 0.75f ? -::log1pf(one_minus_q / q) : log_a + (eps - ::log1pf(x));
+    return log_near_one(log_a + (eps - ::log1pf(x)), q, one_minus_q);
+  }
+  // log q given an estimate log_q, q and 1 - q: -log1p((1 - q) / q) for q > 3/4, as above.
+  static RK_HD float log_near_one(float log_q, float q, float one_minus_q) {
+    return q > 0.75f ? -::log1pf(one_minus_q / q) : log_q;
   }
   // NaN-propagating: a NaN logit must poison the row, never be clamped away.
   static RK_HD float max(float a, float b) { return (a != a || a > b) ? a : b; }
@@ -137,7 +141,10 @@ struct Ops<double> {
   static RK_HD double reciprocal_one_plus(double x) { return 1.0 / (1.0 + x); }
   static RK_HD double log1p(double x) { return ::log1p(x); }
   static RK_HD double log_biased(double log_a, double eps, double x, double q, double one_minus_q) {
-    return q > 0.75 ? -::log1p(one_minus_q / q) : log_a + (eps - ::log1p(x));
+    return log_near_one(log_a + (eps - ::log1p(x)), q, one_minus_q);
+  }
+  static RK_HD double log_near_one(double log_q, double q, double one_minus_q) {
+    return q > 0.75 ? -::log1p(one_minus_q / q) : log_q;
   }
   static RK_HD double max(double a, double b) { return (a != a || a > b) ? a : b; }
   static RK_HD double clamp_min(double x, double low) { return x < low ? low : x; }

@@ -132,12 +132,12 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
     if ((mask & kReadsQ) != 0) omq = one_minus_a * r;
     if ((mask & kNeedsLog) != 0) {
       const V log1p_x = split ? O::log(one_plus_x) : O::log1p(x);
-      if constexpr (kNce) {  // nce reads log r itself
+      if constexpr (kNce) {  // nce reads log r itself; q -> 1 as log_biased
         lr = zero - log1p_x;
-        lq = lq + (V(s.eps) + lr);
+        const V r_a = a * r;
+        lq = O::log_near_one(lq + (V(s.eps) + lr), V(s.exp_eps) * r_a, one_minus_a * r);
       } else if (split) {
-        // As Ops<T>::log_biased, with log1p(x) from the sum above.
-        lq = O::select_gt(q, V(T(0.75)), zero - O::log1p(omq / q), lq + (V(s.eps) - log1p_x));
+        lq = O::log_near_one(lq + (V(s.eps) - log1p_x), q, omq);  // log_biased with 1 + x above
       } else {
         lq = O::log_biased(lq, s.eps, x, q, omq);
       }

@@ -251,6 +251,22 @@ def test_float32_focal_of_classes_biased_to_certainty(k):
             torch.testing.assert_close(got[0].double(), want[0], rtol=TOL[torch.float32], atol=0)
 
 
+@pytest.mark.parametrize("loss", ["nce", "nce_mae"])
+def test_float32_nce_at_a_large_eps(loss):
+    """nce's N_k = -log q_k with q_k near 1 (a large eps, few classes): log a + eps + log r
+    cancels to its rounding, which was most of a row's loss (8x off at eps = 16, K = 2); it is
+    -log1p((1 - q) / q) there."""
+    for k in (2, 31):
+        z = _logits(4, k, torch.float32, scale=1.0)
+        y, t = _labels(4, k), _probabilities(4, k).float()
+        for eps in (8.0, 16.0):
+            for target, alpha in ((y, 0.1), (t, 0.0)):
+                got = _native(z, target, loss, eps, alpha=alpha)
+                want = _brute(z.double(), target, loss, eps, alpha=alpha)
+                _assert_close(got, want, TOL[torch.float32])
+                torch.testing.assert_close(got[0].double(), want[0], rtol=TOL[torch.float32], atol=0)
+
+
 def test_smoothed_ce_float32_biased_many_classes():
     """Unweighted smoothing of ce at eps != 0 sums the classes' log r_k (r_k = 1 / (1 + x_k)) as
     the log of a product of r_k, closed every 80 / |eps| vectors (every 4 at eps = -20). K = 1003

@@ -230,14 +230,24 @@ RK_AVX_INLINE __m256 log_normal_avx2(__m256 x) {
   return log_reduced_avx2(_mm256_sub_ps(m, _mm256_set1_ps(1.0f)), _mm256_cvtepi32_ps(k), _mm256_setzero_ps());
 }
 
+// log q for 8 floats given an estimate log_q, q and 1 - q: the estimate where q <= 3/4, and
+// -log1p((1 - q) / q) beyond (1 / q = 1 + (1 - q) / q), where log q is small and an estimate from
+// q or from its parts keeps only their rounding's absolute error; a vector with no such lane,
+// nearly all of a row of many classes, skips it (Ops<float>::log_near_one).
+RK_AVX_INLINE __m256 log_near_one_avx2(__m256 log_q, __m256 q, __m256 one_minus_q) {
+  const __m256 likely = _mm256_cmp_ps(q, _mm256_set1_ps(0.75f), _CMP_GT_OQ);
+  if (_mm256_movemask_ps(likely) == 0) return log_q;
+  const __m256 near_one = _mm256_sub_ps(_mm256_setzero_ps(), log1p_avx2(_mm256_div_ps(one_minus_q, q)));
+  return _mm256_blendv_ps(log_q, near_one, likely);
+}
+
 // log q of a soft row's biased class (q = e^eps a r, r = 1 / (1 + x), x = (e^eps - 1) a) for 8
 // floats, given log a, q and 1 - q = (1 - a) r; x finite and > -1. Where every |x| < 1/16,
 // log a + (eps - log1p(x)) by the series. Elsewhere log q itself, one log against log1p's longer
 // path. A lane of q below FLT_MIN (a class whose exp underflowed, log a still finite) takes
 // log a + (eps - x) instead: there |x| < max(1, e^-eps - 1) FLT_MIN (1 + x), where log1p(x) is
-// x. A lane of q > 3/4 takes -log1p((1 - q) / q): log q of the rounded q keeps the absolute
-// error of that rounding, most of a likely class's loss at a large eps (q -> 1; Ops<float>::
-// log_biased); a vector with no such lane, nearly all of a row of many classes, skips it.
+// x. A lane of q > 3/4 takes log_near_one_avx2: log q of the rounded q keeps the absolute error
+// of that rounding, most of a likely class's loss at a large eps (q -> 1).
 RK_AVX_INLINE __m256 log_biased_avx2(__m256 log_a, float eps, __m256 x, __m256 q, __m256 one_minus_q) {
   const __m256 eps_v = _mm256_set1_ps(eps);
   if (all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) return _mm256_add_ps(log_a, _mm256_sub_ps(eps_v, log1p_series_avx2(x)));
@@ -245,10 +255,7 @@ RK_AVX_INLINE __m256 log_biased_avx2(__m256 log_a, float eps, __m256 x, __m256 q
   const __m256 normal = _mm256_cmp_ps(q, flt_min, _CMP_GE_OQ);
   const __m256 tiny = _mm256_add_ps(log_a, _mm256_sub_ps(eps_v, x));
   const __m256 lq = _mm256_blendv_ps(tiny, log_normal_avx2(_mm256_max_ps(q, flt_min)), normal);
-  const __m256 likely = _mm256_cmp_ps(q, _mm256_set1_ps(0.75f), _CMP_GT_OQ);
-  if (_mm256_movemask_ps(likely) == 0) return lq;
-  const __m256 near_one = _mm256_sub_ps(_mm256_setzero_ps(), log1p_avx2(_mm256_div_ps(one_minus_q, q)));
-  return _mm256_blendv_ps(lq, near_one, likely);
+  return log_near_one_avx2(lq, q, one_minus_q);
 }
 
 }  // namespace rk

@@ -62,10 +62,15 @@ struct Ops<at::vec::Vectorized<T>> {
       return V(log_biased_avx2(log_a, eps, x, q, one_minus_q));
     }
 #endif
-    const V small = log_a + (V(eps) - x.log1p());
-    const V likely = q > V(T(0.75));  // Ops<T>::log_biased; a vector of none skips the division
-    if (likely.zero_mask() == (1 << V::size()) - 1) return small;
-    return V::blendv(small, V(T(0)) - (one_minus_q / q).log1p(), likely);
+    return log_near_one(log_a + (V(eps) - x.log1p()), q, one_minus_q);
+  }
+  RK_ELEM static V log_near_one(const V& log_q, const V& q, const V& one_minus_q) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<T, float> && V::size() == 8) return V(log_near_one_avx2(log_q, q, one_minus_q));
+#endif
+    const V likely = q > V(T(0.75));  // Ops<T>::log_near_one; a vector of none skips the division
+    if (likely.zero_mask() == (1 << V::size()) - 1) return log_q;
+    return V::blendv(log_q, V(T(0)) - (one_minus_q / q).log1p(), likely);
   }
   RK_ELEM static V reciprocal_one_plus(const V& x) {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__FMA__)
