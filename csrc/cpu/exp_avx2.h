@@ -13,12 +13,30 @@
 
 namespace rk {
 
-// x = n ln2 + r with a two-part ln2 (Cody-Waite), |r| <= ln2/2; returns e^r by its degree-6
-// Taylor polynomial and sets n. x must already be clamped to [ln FLT_MIN, ln FLT_MAX].
-RK_AVX_INLINE __m256 exp_reduced_avx2(__m256 x, __m256& n) {
+// x = n ln2 + r with a two-part ln2 (Cody-Waite), |r| <= ln2/2: returns r and sets n.
+RK_AVX_INLINE __m256 reduce_ln2_avx2(__m256 x, __m256& n) {
   n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 = 0.693359375 - 2.12194440e-4
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 = 0.693359375 - 2.12194440e-4
+  return _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+}
+
+// 2^n for integral n in [-126, 127], one normal float.
+RK_AVX_INLINE __m256 pow2_avx2(__m256 n) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+
+// x = 2^k m with m in [sqrt(1/2), sqrt(2)) for positive normal floats (and +inf): returns m and
+// sets k.
+RK_AVX_INLINE __m256 split_exponent_avx2(__m256 x, __m256i& k) {
+  k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(x), _mm256_set1_epi32(0x3f3504f3)), 23);
+  return _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(x), _mm256_slli_epi32(k, 23)));
+}
+
+// e^r by its degree-6 Taylor polynomial, x = n ln2 + r (reduce_ln2_avx2), setting n. x must
+// already be clamped to [ln FLT_MIN, ln FLT_MAX].
+RK_AVX_INLINE __m256 exp_reduced_avx2(__m256 x, __m256& n) {
+  const __m256 r = reduce_ln2_avx2(x, n);
   __m256 p = _mm256_set1_ps(1.0f / 720.0f);
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
@@ -63,8 +81,7 @@ RK_AVX_INLINE __m256 exp_nonpositive_avx2(__m256 x) {
   const __m256 xc = _mm256_max_ps(x, lo);
   __m256 n;
   const __m256 p = exp_reduced_avx2(xc, n);
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  const __m256 y = _mm256_mul_ps(p, pow2_avx2(n));
   return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
 }
 
@@ -85,16 +102,14 @@ RK_AVX_INLINE ExpExpm1Avx2 exp_expm1_nonpositive_avx2(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   const __m256 lo = _mm256_set1_ps(-87.33654475f);  // ln(FLT_MIN)
   const __m256 xc = _mm256_max_ps(x, lo);
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);  // ln2 as in exp_reduced_avx2
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 n;
+  const __m256 r = reduce_ln2_avx2(xc, n);
   static constexpr float kInverseFactorials[] = {1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f,
                                                  1.0f / 24.0f,   1.0f / 6.0f,   0.5f};
   __m256 p = _mm256_set1_ps(kInverseFactorials[0]);
   for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kInverseFactorials[i]));
   const __m256 r_minus = _mm256_mul_ps(_mm256_fmadd_ps(p, r, one), r);  // e^r - 1
-  const __m256 scale = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  const __m256 scale = pow2_avx2(n);
   const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
   const __m256 e = _mm256_blendv_ps(_mm256_fmadd_ps(scale, r_minus, scale), _mm256_setzero_ps(), under);
   const __m256 em1 = _mm256_fmadd_ps(scale, r_minus, _mm256_sub_ps(scale, one));
@@ -175,8 +190,8 @@ RK_AVX_INLINE __m256 log_reduced_avx2(__m256 f, __m256 kf, __m256 c) {
 RK_AVX_INLINE __m256 log_avx2(__m256 x) {
   const __m256 subnormal = _mm256_cmp_ps(x, _mm256_set1_ps(1.17549435e-38f), _CMP_LT_OQ);
   const __m256 scaled = _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(8388608.0f)), subnormal);
-  const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(scaled), _mm256_set1_epi32(0x3f3504f3)), 23);
-  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(scaled), _mm256_slli_epi32(k, 23)));
+  __m256i k;
+  const __m256 m = split_exponent_avx2(scaled, k);
   const __m256 kf = _mm256_sub_ps(_mm256_cvtepi32_ps(k), _mm256_and_ps(subnormal, _mm256_set1_ps(23.0f)));
   __m256 y = log_reduced_avx2(_mm256_sub_ps(m, _mm256_set1_ps(1.0f)), kf, _mm256_setzero_ps());
   y = _mm256_blendv_ps(y, _mm256_set1_ps(-INFINITY), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
@@ -208,8 +223,8 @@ RK_AVX_INLINE __m256 log1p_avx2(__m256 x) {
   // classes): log1p_series_avx2. NaN takes the full path.
   if (all_below_avx2(abs_avx2(x), 1.0f / 16.0f)) return log1p_series_avx2(x);
   const __m256 u = _mm256_add_ps(one, x);
-  const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_set1_epi32(0x3f3504f3)), 23);
-  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(u), _mm256_slli_epi32(k, 23)));
+  __m256i k;
+  const __m256 m = split_exponent_avx2(u, k);
   const __m256 unscaled = _mm256_castsi256_ps(_mm256_cmpeq_epi32(k, _mm256_setzero_si256()));
   const __m256 f = _mm256_blendv_ps(_mm256_sub_ps(m, one), x, unscaled);
   const __m256 lost = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_sub_ps(u, one)), _mm256_rcp_ps(u));
@@ -225,8 +240,8 @@ RK_AVX_INLINE __m256 log1p_avx2(__m256 x) {
 // log x for 8 normal, finite, positive floats: log_avx2 without its subnormal scaling and its
 // special cases.
 RK_AVX_INLINE __m256 log_normal_avx2(__m256 x) {
-  const __m256i k = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_castps_si256(x), _mm256_set1_epi32(0x3f3504f3)), 23);
-  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(x), _mm256_slli_epi32(k, 23)));
+  __m256i k;
+  const __m256 m = split_exponent_avx2(x, k);
   return log_reduced_avx2(_mm256_sub_ps(m, _mm256_set1_ps(1.0f)), _mm256_cvtepi32_ps(k), _mm256_setzero_ps());
 }
 
