@@ -126,16 +126,16 @@ RK_ELEM ClassTerms<V> class_terms(unsigned runtime_mask, const T* prm, const Sof
     if constexpr (std::is_same_v<V, T>) split = s.eps < T(0) && a > T(0.5);
     const V one_plus_x = split ? one_minus_a + V(s.exp_eps) * a : V(T(1)) + x;
     r = split ? V(T(1)) / one_plus_x : O::reciprocal_one_plus(x);  // 1 + x >= min(1, e^eps) > 0
-    // log_biased reads q too; nce's log q comes from log r instead.
-    constexpr unsigned kReadsQ = kNce ? kNeedsProbability : kNeedsProbability | kNeedsLog;
-    if ((mask & kReadsQ) != 0) q = V(s.exp_eps) * a * r;
-    if ((mask & kReadsQ) != 0) omq = one_minus_a * r;
+    // log q near q = 1 reads q and 1 - q too (log_near_one).
+    if ((mask & (kNeedsProbability | kNeedsLog)) != 0) {
+      q = V(s.exp_eps) * a * r;
+      omq = one_minus_a * r;
+    }
     if ((mask & kNeedsLog) != 0) {
       const V log1p_x = split ? O::log(one_plus_x) : O::log1p(x);
-      if constexpr (kNce) {  // nce reads log r itself; q -> 1 as log_biased
+      if constexpr (kNce) {  // nce reads log r itself
         lr = zero - log1p_x;
-        const V r_a = a * r;
-        lq = O::log_near_one(lq + (V(s.eps) + lr), V(s.exp_eps) * r_a, one_minus_a * r);
+        lq = O::log_near_one(lq + (V(s.eps) + lr), q, omq);
       } else if (split) {
         lq = O::log_near_one(lq + (V(s.eps) - log1p_x), q, omq);  // log_biased with 1 + x above
       } else {
