@@ -203,9 +203,9 @@ def test_expected_loss_is_the_brute_force(backend, loss, setting):
 @pytest.mark.parametrize("loss", ["ce", "mae", "rce", "focal"])
 @pytest.mark.parametrize("eps", [-19.0, 16.0])
 def test_expected_loss_of_a_confident_row_at_an_extreme_eps(backend, loss, eps):
-    """At eps = -19 the likeliest class's 1 + (e^eps - 1) a cancels as a -> 1 (an infinite rce
-    loss where it was formed so); at eps = 16 most q_k are near 1, where log q of the rounded q
-    keeps only its rounding. Each row's loss relative to itself, and the gradient."""
+    """At eps = -19 the likeliest class's 1 + (e^eps - 1) a cancels as a -> 1 (formed so, rce's
+    loss is infinite); at eps = 16 most q_k are near 1, where log q of the rounded q keeps only
+    its rounding. Each row's loss relative to itself, and the gradient."""
     g = torch.Generator().manual_seed(3)
     spec = rk.LOSSES[loss]
     params = {p.name: p.default for p in spec.params}

@@ -239,8 +239,8 @@ def test_float32_large_negative_eps_on_a_confident_row(loss):
 @pytest.mark.parametrize("k", [2, 3, 64])
 def test_float32_focal_of_classes_biased_to_certainty(k):
     """A class biased to q_k = 1 in float32 (logit scale 10, eps = 5.358 and 19.5): log q of the
-    rounded q came out >= 0, 1 - q = -expm1(log q) below 0, and focal's (1 - q)^gamma NaN; log q
-    is -log1p((1 - q) / q) there."""
+    rounded q can come out >= 0, which makes 1 - q = -expm1(log q) negative and focal's
+    (1 - q)^gamma NaN; log q must be -log1p((1 - q) / q) there."""
     z = _logits(5, k, torch.float32, scale=10.0)
     y, t = _labels(5, k), _probabilities(5, k).float()
     for eps in (5.358, 19.5):
@@ -254,8 +254,8 @@ def test_float32_focal_of_classes_biased_to_certainty(k):
 @pytest.mark.parametrize("loss", ["nce", "nce_mae"])
 def test_float32_nce_at_a_large_eps(loss):
     """nce's N_k = -log q_k with q_k near 1 (a large eps, few classes): log a + eps + log r
-    cancels to its rounding, which was most of a row's loss (8x off at eps = 16, K = 2); it is
-    -log1p((1 - q) / q) there."""
+    cancels to its rounding, most of a row's loss (8x off at eps = 16, K = 2, in that form); it
+    must be -log1p((1 - q) / q) there."""
     for k in (2, 31):
         z = _logits(4, k, torch.float32, scale=1.0)
         y, t = _labels(4, k), _probabilities(4, k).float()

@@ -91,7 +91,7 @@ RK_AVX_INLINE __m256 exp_nonpositive_avx2(__m256 x) {
 //   e^x = 2^n (1 + (e^r - 1)),   e^x - 1 = 2^n (e^r - 1) + (2^n - 1),
 // 2^n - 1 exact for n >= -24. The second sum cancels little: for n = 0 it is e^r - 1 itself, and
 // for n <= -1 its value is below -0.29 where its terms are at most 0.5 and 0.21 in magnitude. So
-// gce's 1 - p^q = -(p^q - 1) costs its exp and two operations, where a separate expm1 took a
+// gce's 1 - p^q = -(p^q - 1) costs its exp and two operations, where a separate expm1 takes a
 // polynomial of its own wherever |q log p| < 1 (every likely class). No branch to exp and e - 1
 // for vectors of x <= -1 only: at eps(1000) the vectors of a row mix both, and the branch cost
 // more than it saved (measured in gce's soft class pass).
